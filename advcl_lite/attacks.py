@@ -1,0 +1,234 @@
+"""L-infinity PGD attacks, shaped like torchattacks attacks.
+
+* :class:`PGD` - supervised: ``PGD(model, eps, alpha, steps)(images, labels)``
+  maximises cross-entropy (or a CW margin). Used for PGD-10 finetuning and
+  PGD-20 evaluation.
+* :class:`ContrastivePGD` - label-free: maximises the multi-view contrastive
+  loss of the adversarial view against fixed clean anchor views,
+  ``ContrastivePGD(net, ...)(o, anchors=[t1, t2, h])`` (AdvCL's x_cl; with
+  ``anchors=[]`` and two inputs, ACL's pair attack, see ``attack_pair``).
+* :class:`PseudoLabelPGD` - maximises the mean pseudo-label cross-entropy of the
+  heads (AdvCL's x_ce).
+
+All take inputs in [0, 1], start uniformly in the eps-ball (``random_start``),
+take sign-gradient steps of ``alpha``, project to the eps-ball and [0, 1], infer
+the device from the inputs, and restore the model's train/eval mode afterwards.
+Parameter gradients are not touched (inputs only).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .losses import multiview_contrastive_loss, pseudo_label_loss
+
+
+def check_attack_params(eps: float, alpha: float, steps: int) -> None:
+    if not 0.0 <= float(eps) <= 1.0:
+        raise ValueError(f"eps={eps} is outside [0, 1]: inputs are in [0, 1], so write 8/255 (= {8/255:.4f}), not 8")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha={alpha} is outside [0, 1]: write e.g. 2/255 (= {2/255:.4f})")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps={steps} must be a whole number >= 0")
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str | None):
+    """Temporarily set ``model`` to train (``"train"``) or eval (``"eval"``); ``None`` keeps it."""
+    was_training = model.training
+    if mode == "train":
+        model.train()
+    elif mode == "eval":
+        model.eval()
+    elif mode is not None:
+        raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class _LinfPGD:
+    mode: str | None = "eval"
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 random_start: bool = True, mode: str | None = "eval"):
+        check_attack_params(eps, alpha, steps)
+        self.model, self.eps, self.alpha, self.steps = model, float(eps), float(alpha), int(steps)
+        self.random_start, self.mode = bool(random_start), mode
+
+    def _objective(self, x_adv: torch.Tensor, ctx) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prepare(self, x: torch.Tensor, *args, **kwargs):
+        return None
+
+    def perturb(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"attacks take a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        x = x.detach()
+        with model_mode(self.model, self.mode):
+            ctx = self._prepare(x, *args, **kwargs)
+            x_adv = x.clone()
+            if self.random_start and self.eps > 0:
+                x_adv = (x_adv + torch.empty_like(x_adv).uniform_(-self.eps, self.eps)).clamp(0, 1)
+            for _ in range(self.steps):
+                x_adv.requires_grad_(True)
+                loss = self._objective(x_adv, ctx)
+                grad, = torch.autograd.grad(loss, x_adv)
+                with torch.no_grad():
+                    x_adv = x_adv + self.alpha * grad.sign()
+                    x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+            return x_adv.detach()
+
+    __call__ = perturb
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self._extra_repr().items())
+        return (f"{type(self).__name__}(eps={self.eps:.5f} ({self.eps * 255:.3g}/255), alpha={self.alpha:.5f} "
+                f"({self.alpha * 255:.3g}/255), steps={self.steps}, random_start={self.random_start}, "
+                f"mode={self.mode!r}{extra})")
+
+    def _extra_repr(self) -> dict:
+        return {}
+
+
+class PGD(_LinfPGD):
+    """Supervised L-inf PGD: ``PGD(model, eps=8/255, alpha=2/255, steps=20)(images, labels)``.
+
+    ``loss="ce"`` (Madry) or ``"cw"`` (margin). The model maps [0, 1] images to logits.
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 random_start: bool = True, loss: str = "ce", mode: str | None = "eval"):
+        super().__init__(model, eps, alpha, steps, random_start, mode)
+        if loss not in ("ce", "cw"):
+            raise ValueError(f"loss must be 'ce' or 'cw', got {loss!r}")
+        self.loss = loss
+
+    def _prepare(self, x, labels):
+        return labels
+
+    def _objective(self, x_adv, labels):
+        logits = self.model(x_adv).float()
+        if self.loss == "ce":
+            return F.cross_entropy(logits, labels, reduction="sum")
+        onehot = F.one_hot(labels, logits.shape[1]).bool()
+        correct = logits[onehot]
+        other = logits.masked_fill(onehot, float("-inf")).max(1).values
+        return (other - correct).clamp(max=50).sum()
+
+    def _extra_repr(self):
+        return {"loss": self.loss}
+
+
+class TradesPGD(_LinfPGD):
+    """TRADES inner maximisation: maximise KL(p(x) || p(x_adv)), started near x (0.001 * N(0,1))."""
+
+    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, mode: str | None = "eval"):
+        super().__init__(model, eps, alpha, steps, random_start=False, mode=mode)
+
+    def _prepare(self, x, *args):
+        with torch.no_grad():
+            return F.softmax(self.model(x).float(), 1)
+
+    def perturb(self, x, *args, **kwargs):
+        # TRADES starts from a tiny Gaussian perturbation rather than a uniform one
+        x0 = (x.detach() + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        x = x.detach()
+        with model_mode(self.model, self.mode):
+            p_clean = self._prepare(x)
+            x_adv = x0
+            for _ in range(self.steps):
+                x_adv.requires_grad_(True)
+                loss = F.kl_div(F.log_softmax(self.model(x_adv).float(), 1), p_clean, reduction="sum")
+                grad, = torch.autograd.grad(loss, x_adv)
+                with torch.no_grad():
+                    x_adv = torch.min(torch.max(x_adv + self.alpha * grad.sign(), x - self.eps), x + self.eps).clamp(0, 1)
+            return x_adv.detach()
+
+    __call__ = perturb
+
+
+class ContrastivePGD(_LinfPGD):
+    """Label-free PGD on the multi-view contrastive loss (AdvCL's x_cl).
+
+    ``ContrastivePGD(net, eps, alpha, steps, route="pgd", anchor_route="normal")(o, anchors=[t1, t2, h])``
+    maximises ``L_CL([z(x_adv; route)] + [z(a; anchor_route) for a in anchors])``, the
+    anchors clean and fixed. ``recompute_anchors=False`` (default) embeds the anchors
+    once per batch; ``True`` re-embeds them at every step, as the original code does:
+    the same perturbation for more compute. ``mode="train"`` is the original's setting.
+    ``net`` is a :class:`~advcl_lite.models.ContrastiveNet` (``net(x, route)`` -> z).
+    """
+
+    def __init__(self, net: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 5,
+                 random_start: bool = True, route: str = "pgd", anchor_route: str = "normal",
+                 temperature: float = 0.5, recompute_anchors: bool = False, mode: str | None = "train"):
+        super().__init__(net, eps, alpha, steps, random_start, mode)
+        self.route, self.anchor_route, self.temperature = route, anchor_route, float(temperature)
+        self.recompute_anchors = bool(recompute_anchors)
+
+    def _embed_anchors(self, anchors):
+        with torch.no_grad():
+            return [self.model(a, self.anchor_route) for a in anchors]
+
+    def _prepare(self, x, anchors=()):
+        anchors = list(anchors)
+        if not anchors:
+            raise ValueError("ContrastivePGD needs at least one anchor view, e.g. anchors=[t1, t2, h]")
+        return {"anchors": anchors, "z": None if self.recompute_anchors else self._embed_anchors(anchors)}
+
+    def _objective(self, x_adv, ctx):
+        z_anchor = self._embed_anchors(ctx["anchors"]) if self.recompute_anchors else ctx["z"]
+        return multiview_contrastive_loss([self.model(x_adv, self.route)] + z_anchor, self.temperature)
+
+    def _extra_repr(self):
+        return {"route": self.route, "anchor_route": self.anchor_route, "temperature": self.temperature,
+                "recompute_anchors": self.recompute_anchors}
+
+
+def attack_pair(net: nn.Module, x1: torch.Tensor, x2: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255,
+                steps: int = 5, route: str = "pgd", temperature: float = 0.5, mode: str | None = "train",
+                random_start: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """ACL's attack: perturb both views jointly to maximise NT-Xent between them (both through ``route``)."""
+    check_attack_params(eps, alpha, steps)
+    x1, x2 = x1.detach(), x2.detach()
+    with model_mode(net, mode):
+        a1, a2 = x1.clone(), x2.clone()
+        if random_start and eps > 0:
+            a1 = (a1 + torch.empty_like(a1).uniform_(-eps, eps)).clamp(0, 1)
+            a2 = (a2 + torch.empty_like(a2).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            a1.requires_grad_(True)
+            a2.requires_grad_(True)
+            z = net(torch.cat([a1, a2]), route)
+            loss = multiview_contrastive_loss(list(z.chunk(2)), temperature)
+            g1, g2 = torch.autograd.grad(loss, [a1, a2])
+            with torch.no_grad():
+                a1 = torch.min(torch.max(a1 + alpha * g1.sign(), x1 - eps), x1 + eps).clamp(0, 1)
+                a2 = torch.min(torch.max(a2 + alpha * g2.sign(), x2 - eps), x2 + eps).clamp(0, 1)
+    return a1.detach(), a2.detach()
+
+
+class PseudoLabelPGD(_LinfPGD):
+    """PGD on the mean pseudo-label CE of the heads (AdvCL's x_ce), through BN route ``route``.
+
+    ``PseudoLabelPGD(net, ...)(o, targets=[y_K for K in ks])``.
+    """
+
+    def __init__(self, net: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 5,
+                 random_start: bool = True, route: str = "pgd_ce", mode: str | None = "train"):
+        super().__init__(net, eps, alpha, steps, random_start, mode)
+        self.route = route
+
+    def _prepare(self, x, targets=()):
+        return list(targets)
+
+    def _objective(self, x_adv, targets):
+        return pseudo_label_loss(self.model.pseudo_logits(x_adv, self.route), targets)
+
+    def _extra_repr(self):
+        return {"route": self.route}

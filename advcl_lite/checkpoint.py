@@ -1,0 +1,136 @@
+"""Checkpoints: plain state dicts + a metadata dict, written atomically, loaded safely.
+
+File layout (a dict, loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "advcl_lite", "format_version": 1, "kind": "pretrain" | "finetune" | ...,
+     "meta": {config, routes, dataset, seed, epoch, ...},   # JSON-able values only
+     "state_dict": {...}, ...extra state (optimizer, scheduler, rng)...}
+
+Saving writes a temporary file in the same folder and renames it over the
+target, so a crash never leaves a half-written checkpoint. Loading uses
+``weights_only=True``; model weights load with strict key matching, a
+``module.`` wrapper prefix (DataParallel) is stripped, and any mismatch is an
+error naming the file and the keys.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+FORMAT = "advcl_lite"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt, of the wrong kind, or does not match the model."""
+
+
+def _plain(obj: Any) -> Any:
+    """Make metadata safe for weights_only loading (tuples -> lists, paths -> str)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj
+    return str(obj)
+
+
+def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str, torch.Tensor],
+                    meta: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """Atomically write a checkpoint to ``path`` (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
+               "meta": _plain(meta or {}), "state_dict": strip_prefix(state_dict)}
+    payload.update(extra)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    ``kind`` (one or several) is checked against the stored kind.
+    Raises :class:`CheckpointError` naming the file for anything wrong.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; pass the .pt file inside it")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for broken files
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                              f"re-create it, or resume from an earlier one") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an advcl_lite checkpoint (no format tag); "
+                              f"for a plain state dict of your own, build the model and call load_weights(model, state_dict)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{str(path)!r} has format version {payload['format_version']}, newer than this "
+                              f"advcl_lite understands ({FORMAT_VERSION}); upgrade advcl_lite")
+    if kind is not None:
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        if payload.get("kind") not in kinds:
+            raise CheckpointError(f"{str(path)!r} is a {payload.get('kind')!r} checkpoint, but a "
+                                  f"{' or '.join(repr(k) for k in kinds)} checkpoint is needed here")
+    payload["path"] = str(path)
+    return payload
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> dict[str, torch.Tensor]:
+    """Remove DataParallel / torch.compile wrapper prefixes from every key."""
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load with strict key and shape matching (wrapper prefixes tolerated). Never loads partially in silence."""
+    target = getattr(model, "module", model)
+    sd = strip_prefix(state_dict)
+    own = target.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shape = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}. Was it saved for another "
+                              f"width, method or number of classes? Build the model from the checkpoint's meta.")
+    target.load_state_dict(sd, strict=True)

@@ -1,0 +1,417 @@
+"""Datasets and batched view transforms.
+
+Every dataset here is an :class:`ImageDataset`: decoded uint8 images held in
+memory as one tensor ``(N, 3, H, W)``, integer labels, and the sample index.
+Indexing returns ``(image, label, index)`` with the image as float in [0, 1]
+(no mean/std normalisation: normalisation, if any, lives inside a model).
+
+Sources (:func:`load_dataset`):
+
+* ``"sample"`` (default): the real CIFAR-10 sample shipped inside the package
+  (2,000 train / 1,000 test images, class balanced). Always offline.
+* ``"cifar10"``, ``"cifar100"``, ``"stl10"``: torchvision's datasets under
+  ``root`` (``download=True`` fetches them when online).
+* a path to an ImageFolder directory (``<dir>/<split>/<class>/*.png`` or a
+  single split ``<dir>/<class>/*``) or to a ``.zip`` with that layout, such
+  as the CIFAR-10 JPEG zip.
+
+View transforms work on whole batches of tensors on any device, so the data
+path stays a small fraction of an AdvCL step.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class DataError(ValueError):
+    """A dataset could not be found or read; the message says how to fix it."""
+
+
+@dataclass
+class ImageDataset:
+    """Decoded images in memory: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str
+    split: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise DataError(f"{self.name}: images must be uint8 (N, 3, H, W), got {tuple(self.images.shape)} {self.images.dtype}")
+        if len(self.labels) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].float().div_(255), int(self.labels[i]), i
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def id(self) -> str:
+        """Stable identity used to match pseudo-labels and checkpoints to data."""
+        return f"{self.name}:{self.split}:{len(self)}"
+
+    def subset(self, indices, split: str | None = None) -> "ImageDataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name,
+                            split or f"{self.split}[{len(idx)}]")
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu", drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y, index)`` batches with ``x`` float in [0, 1] on ``device``.
+
+        Batches come straight from the in-memory tensor (no DataLoader workers).
+        """
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - (n % batch_size) if drop_last else n
+        for s in range(0, stop, batch_size):
+            idx = order[s:s + batch_size]
+            if len(idx) == 0:
+                break
+            x = self.images[idx].to(device, non_blocking=True).float().div_(255)
+            yield x, self.labels[idx].to(device), idx
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        return len(self) // batch_size if drop_last else math.ceil(len(self) / batch_size)
+
+    def tensors(self, n: int | None = None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` images as float [0, 1] and their labels."""
+        n = len(self) if n is None else min(n, len(self))
+        return self.images[:n].to(device).float().div_(255), self.labels[:n].to(device)
+
+
+def train_val_split(ds: ImageDataset, val_fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Split a training set into disjoint train / validation parts (stratified by label)."""
+    g = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in range(ds.num_classes):
+        idx = torch.nonzero(ds.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, int(round(len(idx) * val_fraction))) if len(idx) > 1 else 0
+        val_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    tr = torch.cat(train_idx).sort().values
+    va = torch.cat(val_idx).sort().values
+    return ds.subset(tr, split=f"{ds.split}-train"), ds.subset(va, split=f"{ds.split}-val")
+
+
+def class_balanced_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
+    """The first ``n`` images of a seeded, class-interleaved order (all if ``n`` is None or >= len)."""
+    if n is None or n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    per_class = [torch.nonzero(ds.labels == c).flatten() for c in range(ds.num_classes)]
+    per_class = [p[torch.randperm(len(p), generator=g)] for p in per_class]
+    order = []
+    for i in range(max(len(p) for p in per_class)):
+        order.extend(int(p[i]) for p in per_class if i < len(p))
+    idx = torch.tensor(sorted(order[:n]))
+    return ds.subset(idx, split=f"{ds.split}[{n}]")
+
+
+# --------------------------------------------------------------------------- sources
+
+def _decode(blob: bytes, size: int | None, where: str) -> np.ndarray:
+    from PIL import Image
+    try:
+        img = Image.open(io.BytesIO(blob)).convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise DataError(f"cannot decode image {where}: {e}") from None
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_sample(split: str = "train") -> ImageDataset:
+    """The real CIFAR-10 sample shipped with the package (offline)."""
+    if split not in ("train", "test"):
+        raise DataError(f"the embedded sample has splits 'train' and 'test', not {split!r}")
+    base = resources.files("advcl_lite") / "_data"
+    meta = json.loads((base / "cifar10_sample.json").read_text())
+    with resources.as_file(base / "cifar10_sample.npz") as p, np.load(p, allow_pickle=False) as z:
+        blob, off, labels = z[f"{split}_jpeg"], z[f"{split}_offsets"], z[f"{split}_labels"]
+        imgs = np.stack([_decode(blob[off[i]:off[i + 1]].tobytes(), None, f"sample {split}[{i}]")
+                         for i in range(len(labels))])
+    return ImageDataset(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(),
+                        torch.from_numpy(labels.astype(np.int64)), list(meta["classes"]), "cifar10-sample", split)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ADVCL_CACHE", Path.home() / ".cache" / "advcl_lite"))
+
+
+def _split_files(names: list[str], split: str, where: str) -> tuple[list[str], list[str]]:
+    """From image paths (posix, relative), pick those of ``split`` in ImageFolder layout."""
+    parts = [n.split("/") for n in names]
+    with_split = [p for p in parts if len(p) >= 3 and p[-3] == split]
+    chosen = with_split
+    if not chosen:
+        splits_seen = sorted({p[-3] for p in parts if len(p) >= 3})
+        if splits_seen and any(s in ("train", "test", "val") for s in splits_seen):
+            raise DataError(f"{where} has no {split!r} split (found: {', '.join(splits_seen)}); pass split= one of those")
+        chosen = [p for p in parts if len(p) >= 2]
+    if not chosen:
+        raise DataError(f"{where} holds no images in ImageFolder layout (<split>/<class>/<image>)")
+    classes = sorted({p[-2] for p in chosen})
+    return ["/".join(p) for p in sorted(chosen, key=lambda p: (p[-2], p[-1]))], classes
+
+
+def load_image_folder(path: str | os.PathLike, split: str = "train", image_size: int | None = None,
+                      cache: bool = True) -> ImageDataset:
+    """Read an ImageFolder directory or zip (``[<top>/]<split>/<class>/<image>``).
+
+    All images must share one square size unless ``image_size`` is given, in
+    which case they are resized to it. Decoded arrays are cached under
+    ``$ADVCL_CACHE`` (default ``~/.cache/advcl_lite``) keyed by path, size and mtime.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist; pass an ImageFolder directory, "
+                        f"a .zip in that layout, or one of: sample, cifar10, cifar100, stl10")
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{split}|{image_size}".encode()).hexdigest()[:16]
+    cache_file = _cache_dir() / f"imagefolder-{key}.npz"
+    name = path.stem if path.suffix == ".zip" else path.name
+    if cache and cache_file.exists():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                return ImageDataset(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
+                                    [str(c) for c in z["classes"]], name, split)
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+            pass
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.lower().endswith(IMG_EXTS)]
+            files, classes = _split_files(names, split, str(path))
+            arrays = [_decode(zf.read(f), image_size, f"{f} in {path}") for f in files]
+    elif path.is_dir():
+        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in IMG_EXTS]
+        files, classes = _split_files(names, split, str(path))
+        arrays = [_decode((path / f).read_bytes(), image_size, str(path / f)) for f in files]
+    else:
+        raise DataError(f"data path {str(path)!r} is neither a directory nor a .zip")
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise DataError(f"{path}: images have different sizes {sorted(sizes)[:4]}; pass image_size=32 (CLI: --image-size 32) to resize them")
+    h, w = next(iter(sizes))
+    if h != w:
+        raise DataError(f"{path}: images are {h}x{w}, not square; pass image_size=N to resize them")
+    label_of = {c: i for i, c in enumerate(classes)}
+    labels = np.array([label_of[f.split("/")[-2]] for f in files], dtype=np.int64)
+    images = np.stack(arrays).transpose(0, 3, 1, 2).copy()
+    if cache:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp.npz")
+            np.savez(tmp, images=images, labels=labels, classes=np.array(classes))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, name, split)
+
+
+_TV = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10"}
+
+
+def load_torchvision(name: str, split: str = "train", root: str | os.PathLike | None = None,
+                     download: bool = False, image_size: int | None = None) -> ImageDataset:
+    """CIFAR-10, CIFAR-100 or STL-10 through torchvision (``image_size`` resizes, e.g. STL-10 to 32)."""
+    import torchvision
+
+    root = Path(root or os.environ.get("ADVCL_DATA", Path.home() / ".cache" / "advcl_lite" / "datasets"))
+    cls = getattr(torchvision.datasets, _TV[name])
+    try:
+        if name == "stl10":
+            ds = cls(str(root), split=split, download=download)
+            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
+        else:
+            ds = cls(str(root), train=(split == "train"), download=download)
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    except RuntimeError as e:
+        raise DataError(
+            f"{name} ({split}) is not under {root} ({e}). Online: pass download=True (CLI: --download). "
+            f"Offline: copy torchvision's {name} files into {root}, or pass an ImageFolder directory or zip "
+            f"as the data path (e.g. the CIFAR-10 JPEG zip).") from None
+    if image_size is not None and images.shape[-1] != image_size:
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
+                               antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return ImageDataset(images, labels, list(ds.classes), name, split)
+
+
+def load_dataset(source: str | os.PathLike = "sample", split: str = "train", *, root: str | None = None,
+                 download: bool = False, image_size: int | None = None, expect_size: int | None = None) -> ImageDataset:
+    """Load a dataset by name or path (see the module docstring).
+
+    ``expect_size``: raise a clear error if the images are not this size
+    (e.g. a CIFAR encoder needs 32x32; pass ``image_size`` to resize).
+    """
+    src = str(source)
+    if src == "sample":
+        ds = load_sample(split)
+        if image_size is not None and image_size != ds.image_size:
+            ds.images = F.interpolate(ds.images.float(), size=(image_size, image_size), mode="bilinear",
+                                      antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    elif src in _TV:
+        ds = load_torchvision(src, split, root=root, download=download, image_size=image_size)
+    elif os.sep in src or "/" in src or src.endswith(".zip") or Path(src).exists():
+        ds = load_image_folder(src, split, image_size=image_size)
+    else:
+        raise DataError(f"unknown dataset {src!r}; use sample, cifar10, cifar100, stl10, or a path "
+                        f"to an ImageFolder directory or zip")
+    if expect_size is not None and ds.image_size != expect_size:
+        raise DataError(f"{ds.name} images are {ds.image_size}x{ds.image_size} but {expect_size}x{expect_size} "
+                        f"are expected; pass image_size={expect_size} (CLI: --image-size {expect_size}) to resize")
+    return ds
+
+
+# --------------------------------------------------------------------------- batched views
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:
+    return torch.rand(n, generator=g).to(device) * (hi - lo) + lo
+
+
+def random_flip(x: torch.Tensor, p: float = 0.5, g: torch.Generator | None = None) -> torch.Tensor:
+    """Horizontal flip of each image with probability ``p``. (N, C, H, W) -> same."""
+    flip = (torch.rand(x.shape[0], generator=g) < p).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_crop(x: torch.Tensor, padding: int = 4, g: torch.Generator | None = None) -> torch.Tensor:
+    """RandomCrop(size, padding) with zero padding, per image. (N, C, H, W) -> same."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (padding,) * 4)
+    oy = torch.randint(0, 2 * padding + 1, (n,), generator=g).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (n,), generator=g).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return xp[torch.arange(n, device=x.device)[:, None, None, None],
+              torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def crop_flip(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    """The AdvCL "original" view o: RandomCrop(padding=4) + horizontal flip."""
+    return random_flip(random_crop(x, 4, g), 0.5, g)
+
+
+def random_resized_crop(x: torch.Tensor, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
+                        g: torch.Generator | None = None) -> torch.Tensor:
+    """RandomResizedCrop to the input size, per image, by bilinear resampling.
+
+    Area fraction ~ U(scale), log aspect ratio ~ U(log ratio); a box that does
+    not fit is clamped to the image (torchvision retries instead).
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    area = _uniform(n, *scale, g, dev)
+    logr = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g, dev)
+    ar = torch.exp(logr)
+    cw = torch.sqrt(area * ar).clamp(max=1.0)   # crop width as a fraction of the image
+    ch = torch.sqrt(area / ar).clamp(max=1.0)
+    cx = (torch.rand(n, generator=g).to(dev) * 2 - 1) * (1 - cw)   # centre in [-1, 1] coords
+    cy = (torch.rand(n, generator=g).to(dev) * 2 - 1) * (1 - ch)
+    theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = cw, cx
+    theta[:, 1, 1], theta[:, 1, 2] = ch, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g_, b = x[:, 0], x[:, 1], x[:, 2]
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    v = maxc
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    dc = delta.clamp_min(1e-12)
+    rc, gc, bc = (maxc - r) / dc, (maxc - g_) / dc, (maxc - b) / dc
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g_, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    return torch.stack([h, s, v], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x[:, 0], x[:, 1], x[:, 2]
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    r = torch.stack([v, q, p, p, t, v], 1).gather(1, i[:, None]).squeeze(1)
+    g_ = torch.stack([t, v, v, q, p, p], 1).gather(1, i[:, None]).squeeze(1)
+    b = torch.stack([p, p, t, v, v, q], 1).gather(1, i[:, None]).squeeze(1)
+    return torch.stack([r, g_, b], 1)
+
+
+def color_jitter(x: torch.Tensor, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+                 g: torch.Generator | None = None) -> torch.Tensor:
+    """ColorJitter per image (factors drawn per image; fixed order b, c, s, h)."""
+    n, dev = x.shape[0], x.device
+    b = _uniform(n, 1 - brightness, 1 + brightness, g, dev)[:, None, None, None]
+    c = _uniform(n, 1 - contrast, 1 + contrast, g, dev)[:, None, None, None]
+    s = _uniform(n, 1 - saturation, 1 + saturation, g, dev)[:, None, None, None]
+    hshift = _uniform(n, -hue, hue, g, dev)[:, None, None]
+    x = (x * b).clamp(0, 1)
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * c + mean).clamp(0, 1)
+    gray = _gray(x)
+    x = ((x - gray) * s + gray).clamp(0, 1)
+    hsv = _rgb_to_hsv(x)
+    hsv = torch.stack([(hsv[:, 0] + hshift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+    return _hsv_to_rgb(hsv).clamp(0, 1)
+
+
+def simclr_view(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    """One SimCLR view per image (spec section 1): RandomResizedCrop(scale 0.2-1), flip,
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2. (N,3,H,W) in [0,1] -> same."""
+    n = x.shape[0]
+    x = random_flip(random_resized_crop(x, g=g), 0.5, g)
+    jit = (torch.rand(n, generator=g) < 0.8).to(x.device)[:, None, None, None]
+    x = torch.where(jit, color_jitter(x, g=g), x)
+    gray = (torch.rand(n, generator=g) < 0.2).to(x.device)[:, None, None, None]
+    return torch.where(gray, _gray(x).expand_as(x), x)
+
+
+class MultiView:
+    """Turn a batch into a list of views: ``MultiView(simclr_view, simclr_view, crop_flip)(x)``."""
+
+    def __init__(self, *transforms):
+        self.transforms = transforms
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> list[torch.Tensor]:
+        return [t(x, g=g) for t in self.transforms]
+
+    def __repr__(self) -> str:
+        return f"MultiView({', '.join(getattr(t, '__name__', repr(t)) for t in self.transforms)})"

@@ -1,0 +1,179 @@
+"""CIFAR ResNet-18 with named BatchNorm routes, projection and pseudo-label heads.
+
+Every BatchNorm2d of the backbone (shortcut BNs included) exists once per
+*route*: AdvCL uses ``("normal", "pgd", "pgd_ce")``, ACL ``("normal", "pgd")``,
+SimCLR ``("normal",)``. The caller picks the route of each forward pass:
+``net(x, route="pgd")``. ``routes=None`` builds a plain network with ordinary
+BatchNorm2d, which is what :func:`export_encoder` returns for finetuning.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RoutedBatchNorm2d(nn.Module):
+    """One BatchNorm2d per route; ``self.route`` selects which one runs."""
+
+    def __init__(self, num_features: int, routes: tuple[str, ...]):
+        super().__init__()
+        self.bns = nn.ModuleDict({r: nn.BatchNorm2d(num_features) for r in routes})
+        self.route = routes[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bns[self.route](x)
+
+
+def _bn(c: int, routes: tuple[str, ...] | None) -> nn.Module:
+    return nn.BatchNorm2d(c) if routes is None else RoutedBatchNorm2d(c, routes)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int, routes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = _bn(cout, routes)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = _bn(cout, routes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout, routes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18: 3x3 stem, stride 1, no max-pool, stages [2,2,2,2] of widths w, 2w, 4w, 8w.
+
+    Input (N, 3, H, W) in [0, 1]; ``features`` returns the pooled (N, 8w) vector.
+    ``num_classes`` adds a linear classifier (``forward`` then returns logits).
+    """
+
+    def __init__(self, base_width: int = 64, routes: tuple[str, ...] | None = None, num_classes: int | None = None):
+        super().__init__()
+        self.base_width = base_width
+        self.routes = tuple(routes) if routes else None
+        w = base_width
+        self.conv1 = nn.Conv2d(3, w, 3, 1, 1, bias=False)
+        self.bn1 = _bn(w, self.routes)
+        layers, cin = [], w
+        for i, (cout, stride) in enumerate([(w, 1), (2 * w, 2), (4 * w, 2), (8 * w, 2)]):
+            blocks = [BasicBlock(cin, cout, stride, self.routes), BasicBlock(cout, cout, 1, self.routes)]
+            cin = cout
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.feature_dim = 8 * w
+        self.fc = nn.Linear(self.feature_dim, num_classes) if num_classes else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def set_route(self, route: str) -> None:
+        if self.routes is None:  # a plain network has one BN set; nothing to switch
+            return
+        if route not in self.routes:
+            raise ValueError(f"unknown BN route {route!r}; this network has routes {self.routes}")
+        for m in self.modules():
+            if isinstance(m, RoutedBatchNorm2d):
+                m.route = route
+
+    def features(self, x: torch.Tensor, route: str | None = None) -> torch.Tensor:
+        if self.routes is not None:
+            self.set_route(route or self.routes[0])
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+    def forward(self, x: torch.Tensor, route: str | None = None) -> torch.Tensor:
+        f = self.features(x, route)
+        return self.fc(f) if self.fc is not None else f
+
+
+class ProjectionHead(nn.Module):
+    """Linear d->d, BN1d, ReLU, Linear d->out, then L2 normalisation (BN shared by all routes)."""
+
+    def __init__(self, dim: int, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(f), dim=1)
+
+
+class ContrastiveNet(nn.Module):
+    """Backbone with BN routes + projection head + optional pseudo-label heads (one per K)."""
+
+    def __init__(self, base_width: int = 16, routes: tuple[str, ...] = ("normal",), proj_dim: int = 128,
+                 pseudo_ks: tuple[int, ...] = ()):
+        super().__init__()
+        self.backbone = ResNet18(base_width, routes)
+        self.head = ProjectionHead(self.backbone.feature_dim, proj_dim)
+        self.pseudo_ks = tuple(int(k) for k in pseudo_ks)
+        self.pseudo_heads = nn.ModuleList([nn.Linear(self.backbone.feature_dim, k) for k in self.pseudo_ks])
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        return self.backbone.routes
+
+    def features(self, x: torch.Tensor, route: str) -> torch.Tensor:
+        return self.backbone.features(x, route)
+
+    def forward(self, x: torch.Tensor, route: str = "normal") -> torch.Tensor:
+        """Normalised projection z of the images through BN route ``route``. (N,3,H,W) -> (N, proj_dim)."""
+        return self.head(self.backbone.features(x, route))
+
+    def pseudo_logits(self, x: torch.Tensor, route: str = "pgd_ce") -> list[torch.Tensor]:
+        f = self.backbone.features(x, route)
+        return [h(f) for h in self.pseudo_heads]
+
+
+class Classifier(nn.Module):
+    """Encoder + linear head on [0, 1] images; what finetuning trains and attacks evaluate."""
+
+    def __init__(self, encoder: ResNet18, num_classes: int):
+        super().__init__()
+        if encoder.routes is not None:
+            raise ValueError("Classifier needs a plain encoder; call export_encoder(net, route) first")
+        self.encoder = encoder
+        self.fc = nn.Linear(encoder.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder.features(x))
+
+
+def export_encoder(net: nn.Module, route: str = "pgd") -> ResNet18:
+    """A plain single-BN ResNet18 holding the backbone weights and route ``route``'s BN statistics."""
+    net = getattr(net, "module", net)
+    backbone = net.backbone if isinstance(net, ContrastiveNet) else net
+    if not isinstance(backbone, ResNet18):
+        raise TypeError(f"expected a ContrastiveNet or ResNet18, got {type(net).__name__}")
+    if backbone.routes is None:
+        plain = ResNet18(backbone.base_width)
+        plain.load_state_dict({k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")})
+        return plain
+    if route not in backbone.routes:
+        raise ValueError(f"route {route!r} not in this encoder's routes {backbone.routes}")
+    state = {}
+    for k, v in backbone.state_dict().items():
+        if k.startswith("fc."):
+            continue
+        if ".bns." in k:
+            head, rest = k.split(".bns.", 1)
+            r, param = rest.split(".", 1)
+            if r != route:
+                continue
+            k = f"{head}.{param}"
+        state[k] = v.clone()
+    plain = ResNet18(backbone.base_width)
+    plain.load_state_dict(state, strict=True)
+    return plain
+
+
+def to_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if enabled else model

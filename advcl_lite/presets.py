@@ -1,0 +1,180 @@
+"""Named presets: one dataclass shared by notebooks, the CLI and the tests.
+
+``smoke`` proves the code runs (CI, seconds per stage); ``quick`` is a laptop
+CPU run of minutes on real images; ``benchmark`` is the ~1 hour CPU run the
+results report uses; ``paper`` is the spec's full-scale setting for a GPU.
+A smoke or quick run does **not** show the paper's numbers; see BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    # data
+    data: str = "sample"              # "sample", "cifar10", "cifar100", "stl10", or an ImageFolder/zip path
+    train_subset: int | None = None   # images of the training split used for pretraining (None: all)
+    # encoder
+    base_width: int = 16              # ResNet-18 base width (64 in the paper)
+    # pretraining optimisation (spec section 6)
+    batch_size: int = 256
+    epochs: int = 10
+    lr: float = 0.25
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    temperature: float = 0.5
+    # pretraining attack (spec section 4)
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    pgd_steps: int = 5
+    attack_mode: str = "train"        # "train" as the original, or "eval"
+    # AdvCL views and pseudo-labels (spec sections 1, 3, 5)
+    hfc_radius: float = 8.0
+    pseudo_ks: tuple[int, ...] = (2, 10, 50)
+    pseudo_lambda: float = 0.2
+    # finetuning (spec section 7)
+    ft_epochs: int = 10
+    ft_lr: float = 0.01               # SLF / ALF
+    aff_lr: float = 0.1               # AFF (TRADES)
+    ft_batch_size: int = 512
+    aff_batch_size: int = 128
+    ft_pgd_steps: int = 10
+    trades_beta: float = 6.0
+    val_fraction: float = 0.1         # held out from the training split for model selection
+    ft_subset: int | None = None      # training images used for finetuning (None: all)
+    # evaluation
+    eval_n: int = 1000                # test images for SA and PGD-20 RA
+    eval_pgd_steps: int = 20
+    aa_n: int = 0                     # test images for AutoAttack (0: skip)
+    # execution
+    amp: str = "none"                 # "none", "bf16" or "fp16"
+    channels_last: bool = True
+    ckpt_every: int = 1
+    seed: int = 0
+
+    def replace(self, **overrides: Any) -> "Preset":
+        return apply_overrides(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["pseudo_ks"] = list(self.pseudo_ks)
+        return d
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        description="CI: proves every stage runs in seconds on the embedded sample; shows nothing about AdvCL.",
+        train_subset=256, base_width=8, batch_size=64, epochs=1, lr=0.1, warmup_epochs=0,
+        pgd_steps=2, pseudo_ks=(2, 5), ft_epochs=1, ft_batch_size=128, aff_batch_size=64,
+        ft_pgd_steps=2, ft_subset=256, eval_n=64, eval_pgd_steps=5, aa_n=8,
+    ),
+    "quick": Preset(
+        name="quick",
+        description="Laptop CPU, minutes: width-16 encoder, PGD-3, a few epochs on real images.",
+        train_subset=None, base_width=16, batch_size=256, epochs=5, lr=0.25, warmup_epochs=1,
+        pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=10, ft_pgd_steps=5,
+        ft_subset=None, eval_n=1000, aa_n=0,
+    ),
+    "benchmark": Preset(
+        name="benchmark",
+        description="About an hour on 2 CPU cores, on full CIFAR-10: the results report of BENCHMARKS.md.",
+        data="cifar10", train_subset=10000, base_width=16, batch_size=256, epochs=10, lr=0.25,
+        warmup_epochs=1, pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=10,
+        ft_pgd_steps=5, ft_subset=None, eval_n=2000, aa_n=0,
+    ),
+    "paper": Preset(
+        name="paper",
+        description="The spec's full-scale setting for a GPU: ResNet-18, batch 512, 1000 epochs, PGD-5.",
+        data="cifar10", train_subset=None, base_width=64, batch_size=512, epochs=1000, lr=0.5,
+        warmup_epochs=10, pgd_steps=5, attack_mode="train", pseudo_ks=(2, 10, 50, 100, 500),
+        ft_epochs=25, ft_lr=0.01, aff_lr=0.1, ft_batch_size=512, aff_batch_size=128, ft_pgd_steps=10,
+        eval_n=10000, aa_n=10000, amp="bf16", channels_last=True, ckpt_every=10,
+    ),
+}
+
+
+def get_preset(name: str | Preset = "smoke", **overrides: Any) -> Preset:
+    """Return the preset called ``name`` with ``overrides`` applied.
+
+    >>> get_preset("smoke", epochs=2).epochs
+    2
+    """
+    if isinstance(name, Preset):
+        base = name
+    else:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        base = PRESETS[name]
+    return apply_overrides(base, overrides)
+
+
+_CHOICES = {"attack_mode": ("train", "eval"), "amp": ("none", "bf16", "fp16")}
+
+
+def apply_overrides(base: Preset, overrides: dict[str, Any]) -> Preset:
+    known = {f.name: f for f in fields(Preset)}
+    clean: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(
+                f"unknown preset field {key!r}; valid fields: {', '.join(sorted(known))}")
+        clean[key] = _coerce(key, value, getattr(base, key))
+    p = replace(base, **clean)
+    _validate(p)
+    return p
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        if key == "pseudo_ks":
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", "").split(",") if v]
+            return tuple(int(v) for v in value)
+        if isinstance(current, bool) or key == "channels_last":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if key in ("train_subset", "ft_subset") or isinstance(current, int) and not isinstance(current, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        return value
+    except (TypeError, ValueError):
+        raise ValueError(f"preset field {key!r} cannot take {value!r} (expected a value like {current!r})") from None
+
+
+def _validate(p: Preset) -> None:
+    for key, allowed in _CHOICES.items():
+        if getattr(p, key) not in allowed:
+            raise ValueError(f"preset field {key!r} must be one of {allowed}, not {getattr(p, key)!r}")
+    if not 0.0 <= p.eps <= 1.0:
+        raise ValueError(f"eps={p.eps} is outside [0, 1]; images are in [0, 1], so use e.g. 8/255 = {8/255:.4f}")
+    if not 0.0 <= p.alpha <= 1.0:
+        raise ValueError(f"alpha={p.alpha} is outside [0, 1]; use e.g. 2/255")
+    for key in ("batch_size", "epochs", "base_width", "ft_batch_size", "aff_batch_size"):
+        if getattr(p, key) < 1:
+            raise ValueError(f"preset field {key!r} must be >= 1, not {getattr(p, key)}")
+    for key in ("pgd_steps", "ft_pgd_steps", "eval_pgd_steps", "ft_epochs", "eval_n", "aa_n", "warmup_epochs"):
+        if getattr(p, key) < 0:
+            raise ValueError(f"preset field {key!r} must be >= 0, not {getattr(p, key)}")
+    if not 0.0 < p.val_fraction < 1.0:
+        raise ValueError(f"val_fraction={p.val_fraction} must be in (0, 1)")
+    if p.hfc_radius < 0:
+        raise ValueError(f"hfc_radius={p.hfc_radius} must be >= 0")
+    if any(k < 2 for k in p.pseudo_ks):
+        raise ValueError(f"every pseudo-label K must be >= 2, got {p.pseudo_ks}")
