@@ -228,7 +228,7 @@ class PseudoLabelPGD(_LinfPGD):
         return list(targets)
 
     def _objective(self, x_adv, targets):
-        return pseudo_label_loss(self.model.pseudo_logits(x_adv, self.route), targets)
+        return pseudo_label_loss(self.model(x_adv, self.route, output="pseudo"), targets)
 
     def _extra_repr(self):
         return {"route": self.route}

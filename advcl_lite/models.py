@@ -124,13 +124,19 @@ class ContrastiveNet(nn.Module):
     def features(self, x: torch.Tensor, route: str) -> torch.Tensor:
         return self.backbone.features(x, route)
 
-    def forward(self, x: torch.Tensor, route: str = "normal") -> torch.Tensor:
-        """Normalised projection z of the images through BN route ``route``. (N,3,H,W) -> (N, proj_dim)."""
-        return self.head(self.backbone.features(x, route))
+    def forward(self, x: torch.Tensor, route: str = "normal", output: str = "z"):
+        """Through BN route ``route``: ``output="z"`` gives the normalised projection (N, proj_dim);
+        ``"pseudo"`` the list of pseudo-label logits, one (N, K) per head. (Both go through
+        ``forward`` so that a DataParallel wrapper splits the batch for either.)"""
+        f = self.backbone.features(x, route)
+        if output == "z":
+            return self.head(f)
+        if output == "pseudo":
+            return [h(f) for h in self.pseudo_heads]
+        raise ValueError(f"output must be 'z' or 'pseudo', got {output!r}")
 
     def pseudo_logits(self, x: torch.Tensor, route: str = "pgd_ce") -> list[torch.Tensor]:
-        f = self.backbone.features(x, route)
-        return [h(f) for h in self.pseudo_heads]
+        return self(x, route, output="pseudo")
 
 
 class Classifier(nn.Module):

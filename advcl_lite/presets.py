@@ -8,7 +8,7 @@ A smoke or quick run does **not** show the paper's numbers; see BENCHMARKS.md.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 
