@@ -10,10 +10,14 @@
 * :class:`PseudoLabelPGD` - maximises the mean pseudo-label cross-entropy of the
   heads (AdvCL's x_ce).
 
-All take inputs in [0, 1], start uniformly in the eps-ball (``random_start``),
-take sign-gradient steps of ``alpha``, project to the eps-ball and [0, 1], infer
-the device from the inputs, and restore the model's train/eval mode afterwards.
-Parameter gradients are not touched (inputs only).
+All take inputs in [0, 1] (a clear error otherwise), start uniformly in the
+eps-ball (``random_start``, clipped to [0, 1]), take sign-gradient steps of
+``alpha``, project to the eps-ball and [0, 1], infer the device from the inputs,
+and restore every submodule's train/eval flag afterwards. ``mode`` says how the
+model runs during the attack: ``"eval"`` (the default for the supervised attacks),
+``"train"`` (AdvCL's pretraining attacks, as the original: batch statistics) or
+``None`` (as it is). Parameter gradients are not touched (``autograd.grad`` on the
+inputs only). ``repr`` prints every setting.
 """
 from __future__ import annotations
 
@@ -37,18 +41,33 @@ def check_attack_params(eps: float, alpha: float, steps: int) -> None:
 
 @contextmanager
 def model_mode(model: nn.Module, mode: str | None):
-    """Temporarily set ``model`` to train (``"train"``) or eval (``"eval"``); ``None`` keeps it."""
-    was_training = model.training
-    if mode == "train":
-        model.train()
-    elif mode == "eval":
-        model.eval()
-    elif mode is not None:
+    """Temporarily set ``model`` to train (``"train"``) or eval (``"eval"``); ``None`` keeps it.
+
+    On exit every submodule gets back its own flag, so a model whose parts were in
+    different modes (e.g. a frozen encoder in eval under a head in train) is restored exactly.
+    """
+    if mode not in ("train", "eval", None):
         raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    if mode is not None:
+        model.train(mode == "train")
     try:
         yield
     finally:
-        model.train(was_training)
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_inputs(x: torch.Tensor, name: str = "images") -> None:
+    """Attacks take a float batch (N, C, H, W) in [0, 1] (normalisation belongs inside the model)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"attacks take a float batch (N, C, H, W) of {name}, got {shape}")
+    if x.numel():
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            raise ValueError(f"{name} must be in [0, 1] (got values in [{lo:.3g}, {hi:.3g}]); attacks work on "
+                             f"raw images - put any mean/std normalisation inside the model")
 
 
 class _LinfPGD:
@@ -57,6 +76,8 @@ class _LinfPGD:
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = True, mode: str | None = "eval"):
         check_attack_params(eps, alpha, steps)
+        if mode not in ("train", "eval", None):
+            raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
         self.model, self.eps, self.alpha, self.steps = model, float(eps), float(alpha), int(steps)
         self.random_start, self.mode = bool(random_start), mode
 
@@ -67,8 +88,7 @@ class _LinfPGD:
         return None
 
     def perturb(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError(f"attacks take a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        check_inputs(x)
         x = x.detach()
         with model_mode(self.model, self.mode):
             ctx = self._prepare(x, *args, **kwargs)
@@ -137,6 +157,7 @@ class TradesPGD(_LinfPGD):
 
     def perturb(self, x, *args, **kwargs):
         # TRADES starts from a tiny Gaussian perturbation rather than a uniform one
+        check_inputs(x)
         x0 = (x.detach() + 0.001 * torch.randn_like(x)).clamp(0, 1)
         x = x.detach()
         with model_mode(self.model, self.mode):
@@ -157,17 +178,33 @@ class ContrastivePGD(_LinfPGD):
     """Label-free PGD on the multi-view contrastive loss (AdvCL's x_cl).
 
     ``ContrastivePGD(net, eps, alpha, steps, route="pgd", anchor_route="normal")(o, anchors=[t1, t2, h])``
-    maximises ``L_CL([z(x_adv; route)] + [z(a; anchor_route) for a in anchors])``, the
-    anchors clean and fixed. ``recompute_anchors=False`` (default) embeds the anchors
-    once per batch; ``True`` re-embeds them at every step, as the original code does:
-    the same perturbation for more compute. ``mode="train"`` is the original's setting.
-    ``net`` is a :class:`~advcl_lite.models.ContrastiveNet` (``net(x, route)`` -> z).
+    finds, from a uniform random start,
+
+        x_cl = argmax_{||x - o||_inf <= eps, x in [0,1]} L_CL([z(x; route)] + [z(a; anchor_route) for a in anchors])
+
+    with the anchors clean and fixed (h is not clipped and never perturbed). Each view
+    is embedded by its own forward pass, as in the original, so in train mode each gets
+    its own batch statistics.
+
+    ``recompute_anchors=False`` (default) embeds the anchors once per batch;
+    ``True`` re-embeds them at every step, as the original code does. The anchors'
+    values do not change between steps (train mode: batch statistics of the same
+    images; eval mode: fixed running statistics), so both give the same perturbation;
+    the original's schedule costs ``steps`` extra anchor forward passes and, in train
+    mode, moves the anchor route's running statistics ``steps`` times instead of once.
+
+    ``mode="train"`` is the original's setting (BN uses batch statistics during the
+    attack and the attacked route's running statistics move at each step); ``"eval"``
+    attacks with the running statistics. ``net`` is a
+    :class:`~advcl_lite.models.ContrastiveNet` (``net(x, route)`` -> z).
     """
 
     def __init__(self, net: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 5,
                  random_start: bool = True, route: str = "pgd", anchor_route: str = "normal",
                  temperature: float = 0.5, recompute_anchors: bool = False, mode: str | None = "train"):
         super().__init__(net, eps, alpha, steps, random_start, mode)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.route, self.anchor_route, self.temperature = route, anchor_route, float(temperature)
         self.recompute_anchors = bool(recompute_anchors)
 
@@ -176,9 +213,12 @@ class ContrastivePGD(_LinfPGD):
             return [self.model(a, self.anchor_route) for a in anchors]
 
     def _prepare(self, x, anchors=()):
-        anchors = list(anchors)
+        anchors = [a.detach() for a in anchors]
         if not anchors:
             raise ValueError("ContrastivePGD needs at least one anchor view, e.g. anchors=[t1, t2, h]")
+        if any(a.shape[0] != x.shape[0] for a in anchors):
+            raise ValueError(f"every anchor view needs the batch size of the attacked images ({x.shape[0]}), "
+                             f"got {[a.shape[0] for a in anchors]}")
         return {"anchors": anchors, "z": None if self.recompute_anchors else self._embed_anchors(anchors)}
 
     def _objective(self, x_adv, ctx):
@@ -191,17 +231,26 @@ class ContrastivePGD(_LinfPGD):
 
 
 def attack_pair(net: nn.Module, x1: torch.Tensor, x2: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255,
-                steps: int = 5, route: str = "pgd", temperature: float = 0.5, mode: str | None = "train",
+                steps: int = 5, route: str = "pgd", temperature: float = 0.5, mode: str | None = "eval",
                 random_start: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """ACL's attack: perturb both views jointly to maximise NT-Xent between them (both through ``route``)."""
+    """ACL's attack: perturb both views jointly to maximise NT-Xent between them.
+
+    The pair goes through ``route`` in one forward pass (``torch.cat([a1, a2])``), each view
+    has its own uniform random start and its own eps-ball. ``mode="eval"`` is ACL's
+    original setting (Jiang et al. 2020 attack with the running statistics).
+    """
     check_attack_params(eps, alpha, steps)
+    check_inputs(x1, "x1")
+    check_inputs(x2, "x2")
+    if x1.shape != x2.shape:
+        raise ValueError(f"the two views need the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
     x1, x2 = x1.detach(), x2.detach()
     with model_mode(net, mode):
         a1, a2 = x1.clone(), x2.clone()
         if random_start and eps > 0:
             a1 = (a1 + torch.empty_like(a1).uniform_(-eps, eps)).clamp(0, 1)
             a2 = (a2 + torch.empty_like(a2).uniform_(-eps, eps)).clamp(0, 1)
-        for _ in range(steps):
+        for _ in range(int(steps)):
             a1.requires_grad_(True)
             a2.requires_grad_(True)
             z = net(torch.cat([a1, a2]), route)

@@ -8,40 +8,70 @@ mean over positives of ``-log softmax(sim / tau)``, averaged over anchors:
 
     L = -1/(VB) sum_a 1/(V-1) sum_{p in P(a)} log( exp(s_ap/tau) / sum_{k != a} exp(s_ak/tau) )
 
-With V = 2 this is SimCLR's NT-Xent. (The original AdvCL code multiplies the
-loss by 0.5/0.07 through an unchanged base-temperature default; we do not.)
+where ``s_ak = z_a . z_k`` (cosine similarity for unit vectors). With V = 2
+this is SimCLR's NT-Xent. The loss does not depend on the order of the views
+nor on the order of the images. (The original AdvCL code multiplies the loss
+by 0.5/0.07 ~ 7.14 through an unchanged base-temperature default; we do not,
+so our values are 7.14x smaller than the original's log for the same state.)
+
+All three losses are computed in float32 even inside an autocast region
+(bf16 similarities would cost the contrastive loss two significant digits).
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def multiview_contrastive_loss(views: list[torch.Tensor] | tuple[torch.Tensor, ...], temperature: float = 0.5,
-                               reduction: str = "mean") -> torch.Tensor:
-    """Multi-view SimCLR loss over V >= 2 views of B images; ``reduction`` "mean" or "none" (per anchor, (V*B,))."""
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float()
+
+
+def _check_views(views) -> list[torch.Tensor]:
+    if isinstance(views, torch.Tensor) or not isinstance(views, Sequence):
+        raise ValueError("views must be a list of (B, d) tensors, one per view, e.g. [z1, z2]; "
+                         f"got {type(views).__name__}")
+    views = list(views)
     if len(views) < 2:
         raise ValueError(f"need at least 2 views per image, got {len(views)}")
-    b = views[0].shape[0]
-    if any(v.shape[0] != b for v in views):
-        raise ValueError(f"all views need the same batch size, got {[v.shape[0] for v in views]}")
-    if temperature <= 0:
+    for i, v in enumerate(views):
+        if not isinstance(v, torch.Tensor) or v.ndim != 2:
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"view {i} must be a (B, d) tensor of embeddings, got {shape}")
+    if len({v.shape for v in views}) != 1:
+        raise ValueError(f"all views need the same shape (B, d), got {[tuple(v.shape) for v in views]}")
+    if views[0].shape[0] < 1:
+        raise ValueError("views are empty (batch size 0)")
+    return views
+
+
+def multiview_contrastive_loss(views: list[torch.Tensor] | tuple[torch.Tensor, ...], temperature: float = 0.5,
+                               reduction: str = "mean") -> torch.Tensor:
+    """Multi-view SimCLR loss over V >= 2 views of B images.
+
+    ``views``: V tensors of shape (B, d), row i of every view coming from image i.
+    ``reduction="mean"`` returns a scalar; ``"none"`` the per-anchor losses, shape (V*B,),
+    in the order of ``torch.cat(views)``. The embeddings are expected to be L2-normalised
+    (a projection head's output); the loss does not normalise them itself.
+    """
+    views = _check_views(views)
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    nv = len(views)
-    z = torch.cat(list(views), 0).float()                       # (V*B, d)
-    sim = z @ z.t() / temperature
-    n = nv * b
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(eye, float("-inf"))
-    logp = F.log_softmax(sim, dim=1)
-    ids = torch.arange(b, device=z.device).repeat(nv)
-    pos = (ids[:, None] == ids[None, :]) & ~eye
-    per_anchor = -(logp.masked_fill(~pos, 0.0).sum(1)) / (nv - 1)
-    if reduction == "none":
-        return per_anchor
-    if reduction == "mean":
-        return per_anchor.mean()
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    nv, b = len(views), views[0].shape[0]
+    with torch.autocast(views[0].device.type, enabled=False):
+        z = torch.cat([_fp32(v) for v in views], 0)                 # (V*B, d)
+        sim = (z @ z.t()) / temperature
+        n = nv * b
+        eye = torch.eye(n, dtype=torch.bool, device=z.device)
+        logp = F.log_softmax(sim.masked_fill(eye, float("-inf")), dim=1)   # softmax over k != a
+        ids = torch.arange(b, device=z.device).repeat(nv)                # image id of each row
+        pos = (ids[:, None] == ids[None, :]) & ~eye                      # the V-1 other views of the image
+        per_anchor = -logp.masked_fill(~pos, 0.0).sum(1) / (nv - 1)
+    return per_anchor if reduction == "none" else per_anchor.mean()
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -50,12 +80,20 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
 
 def pseudo_label_loss(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    """L_PS: mean over granularities K of CE(head_K, pseudo-label_K)."""
+    """L_PS: mean over granularities K of CE(head_K, pseudo-label_K) (each CE a batch mean)."""
+    logits, targets = list(logits), list(targets)
     if len(logits) != len(targets) or not logits:
         raise ValueError(f"need one target per head, got {len(logits)} heads and {len(targets)} targets")
-    return torch.stack([F.cross_entropy(lo.float(), t) for lo, t in zip(logits, targets)]).mean()
+    for lo, t in zip(logits, targets):
+        if lo.ndim != 2 or t.shape != lo.shape[:1]:
+            raise ValueError(f"pseudo-label head logits (N, K) and targets (N,) do not match: "
+                             f"{tuple(lo.shape)} vs {tuple(t.shape)}")
+    with torch.autocast(logits[0].device.type, enabled=False):
+        return torch.stack([F.cross_entropy(_fp32(lo), t) for lo, t in zip(logits, targets)]).mean()
 
 
 def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
     """TRADES' robustness term: KL(p_clean || p_adv), batch mean."""
-    return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_clean.float(), 1), reduction="batchmean")
+    with torch.autocast(logits_adv.device.type, enabled=False):
+        return F.kl_div(F.log_softmax(_fp32(logits_adv), 1), F.softmax(_fp32(logits_clean), 1),
+                        reduction="batchmean")

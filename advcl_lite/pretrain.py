@@ -1,20 +1,36 @@
 """Adversarial contrastive pretraining: SimCLR, ACL and AdvCL on one training loop.
 
-One step of each method (spec sections 1, 4, 5):
+One step of each method (spec sections 1, 4, 5; every view is embedded by its own
+forward pass unless said otherwise, so in train mode each gets its own batch statistics):
 
-* ``simclr``: NT-Xent between two SimCLR views t1, t2 (route ``normal``).
-* ``acl``: t1, t2 and their jointly attacked copies a1, a2 (PGD on NT-Xent,
-  route ``pgd``); loss = mean of the clean and the adversarial NT-Xent.
-* ``advcl``: views t1, t2, o (crop+flip) and h = HFC(o); x_cl = ContrastivePGD
-  from o against the clean anchors [t1, t2, h]; loss = L_CL(t1, t2, x_cl, h).
-  With pseudo-labels: x_ce = PseudoLabelPGD from o (route ``pgd_ce``) and
-  ``+ lambda * L_PS``. Ablations: ``view="lfc"`` (LFC instead of HFC),
+* ``simclr``: NT-Xent between two SimCLR views t1, t2 (route ``normal``, one
+  forward pass of the pair).
+* ``acl``: t1, t2 and their jointly attacked copies a1, a2 (PGD on NT-Xent through
+  route ``pgd``, the network in eval mode as in ACL's original code); loss = mean of
+  the clean NT-Xent (route ``normal``) and the adversarial one (route ``pgd``).
+* ``advcl``: views t1, t2 (SimCLR), o (crop+flip) and h = HFC(o) (clean, unclipped,
+  never perturbed). x_cl = ContrastivePGD from o against the clean anchors
+  [t1, t2, h] (route ``pgd``; network mode ``preset.attack_mode``, "train" as the
+  original); loss L_CL over the views in the order t1, t2, x_cl, h (temperature tau).
+  With pseudo-labels: x_ce = PseudoLabelPGD from o on its own route ``pgd_ce``, and
+  ``L = L_CL + lambda * L_PS``. Ablations: ``view="lfc"`` (LFC instead of HFC),
   ``view="none"`` (no fourth view), ``radius``.
 
-:func:`pretrain` checkpoints atomically every ``ckpt_every`` epochs
-(``last.pt``) and at the end (``final.pt``), resumes from ``last.pt``, and
-saves the per-epoch history beside them. :func:`get_or_train` reuses a
-finished run with the same configuration (notebooks: "load if cached, else train").
+Optimisation: SGD with momentum and weight decay; the learning rate ramps linearly
+from ``0.01 * lr`` to ``lr`` over ``warmup_epochs``, then follows a cosine to
+``1e-3 * lr`` (updated every step). ``amp="bf16"``/``"fp16"`` runs the forward passes
+and attacks under autocast (losses stay float32; fp16 uses a gradient scaler);
+``channels_last`` stores the network and the batches in NHWC.
+
+Runs: :func:`pretrain` writes ``last.pt`` every ``ckpt_every`` epochs (and when it
+stops early at ``max_epochs``), ``final.pt`` at the end, and ``history.json``
+(one record per epoch) beside them; checkpoints are written atomically and carry
+the optimizer, scheduler and random-number states, so a resumed run reaches the
+same weights as an uninterrupted one. A NaN/inf loss, or weights that became
+non-finite, stop the run with :class:`NonFiniteLossError` before anything is
+written, so ``last.pt`` always holds the last good state. :func:`get_or_train`
+reuses a finished run with the same configuration (notebooks: "load if cached,
+else train").
 """
 from __future__ import annotations
 
@@ -42,20 +58,40 @@ METHODS = ("simclr", "acl", "advcl")
 VIEWS = ("hfc", "lfc", "none")
 ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "pgd")}
 EVAL_ROUTE = {"simclr": "normal", "acl": "pgd", "advcl": "pgd"}
+ACL_ATTACK_MODE = "eval"   # ACL's original attacks with the running statistics; AdvCL's follows preset.attack_mode
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+    """Training produced a NaN/inf loss or weights; the last good checkpoint is kept."""
 
 
 @dataclass
 class PretrainResult:
+    """A pretraining run: ``checkpoint`` (final.pt, or last.pt when stopped early), the per-epoch
+    ``history``, the network (eval mode), the checkpoint metadata, whether it was loaded from
+    disk (``cached``) and the wall-clock ``seconds`` of this call."""
+
     checkpoint: Path
     history: list[dict[str, Any]]
     net: ContrastiveNet
     meta: dict[str, Any]
     cached: bool = False
     seconds: float = field(default=0.0)
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.history[-1]["loss"]) if self.history else float("nan")
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in training epochs (summed over the history, resumed parts included)."""
+        return float(sum(r["seconds"] for r in self.history))
+
+    @property
+    def images_per_s(self) -> float:
+        """Training throughput over the whole history (images / second)."""
+        n = sum(r["images_per_s"] * r["seconds"] for r in self.history)
+        return float(n / self.train_seconds) if self.train_seconds > 0 else float("nan")
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -77,22 +113,26 @@ def pretrain_dataset(preset: Preset, data: str | ImageDataset | None = None) -> 
 
 
 def run_name(method: str, view: str = "hfc", pseudo: bool = False, radius: float | None = None) -> str:
+    """Folder name of a run: ``simclr``, ``acl``, ``advcl``, ``advcl-lfc``, ``advcl-none-pl``, ``advcl-r4`` ..."""
     if method != "advcl":
         return method
     name = "advcl" + ("" if view == "hfc" else f"-{view}") + ("-pl" if pseudo else "")
     return name + (f"-r{radius:g}" if radius is not None else "")
 
 
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base lr at optimisation step ``step`` (0-based): linear warm-up from
+    0.01 to 1 over ``warmup_steps``, then a cosine from 1 to 1e-3 at ``total_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return 0.01 + (1 - 0.01) * step / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
 def _lr_lambda(preset: Preset, steps_per_epoch: int):
     warm = preset.warmup_epochs * steps_per_epoch
     total = max(1, preset.epochs * steps_per_epoch)
-
-    def f(step: int) -> float:
-        if warm and step < warm:
-            return 0.01 + (1 - 0.01) * step / warm
-        t = (step - warm) / max(1, total - warm)
-        return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return f
+    return lambda step: lr_factor(step, warm, total)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -102,43 +142,54 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-class _Stepper:
-    """Computes one method's loss for a batch (the attack included)."""
+class PretrainStep:
+    """One method's loss for a batch, attack included: ``PretrainStep(method, net, preset, ...)(x, g, targets)``.
 
-    def __init__(self, method: str, net: nn.Module, preset: Preset, view: str, radius: float, use_pseudo: bool,
-                 recompute_anchors: bool = False):
+    ``x``: a batch (N, 3, H, W) in [0, 1]; ``g``: the CPU generator of the data augmentations;
+    ``targets``: the pseudo-labels of the batch (AdvCL with pseudo-labels only). Returns a dict
+    of scalar losses with the one to minimise under ``"loss"``. The network must be in train
+    mode; the attacks restore it.
+    """
+
+    def __init__(self, method: str, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
+                 use_pseudo: bool = False, recompute_anchors: bool = False):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
         self.method, self.net, self.p = method, net, preset
-        self.use_pseudo = use_pseudo
-        mode = preset.attack_mode
+        self.use_pseudo = bool(use_pseudo)
         self.view_fn = {"hfc": HighPass(radius), "lfc": LowPass(radius), "none": None}[view]
+        mode = preset.attack_mode
         self.cl_attack = ContrastivePGD(net, preset.eps, preset.alpha, preset.pgd_steps, route="pgd",
-                                        temperature=preset.temperature, recompute_anchors=recompute_anchors, mode=mode)
+                                        anchor_route="normal", temperature=preset.temperature,
+                                        recompute_anchors=recompute_anchors, mode=mode)
         self.ce_attack = PseudoLabelPGD(net, preset.eps, preset.alpha, preset.pgd_steps, route="pgd_ce", mode=mode)
 
-    def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator, targets=None) -> dict[str, torch.Tensor]:
+    def _cl(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.p.channels_last else x
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator, targets=None) -> dict[str, torch.Tensor]:
         p, net, tau = self.p, self.net, self.p.temperature
-        t1, t2 = simclr_view(x, g), simclr_view(x, g)
+        t1, t2 = self._cl(simclr_view(x, g)), self._cl(simclr_view(x, g))
         if self.method == "simclr":
             z = net(torch.cat([t1, t2]), "normal")
-            return {"loss": multiview_contrastive_loss(list(z.chunk(2)), tau)}
+            loss = multiview_contrastive_loss(list(z.chunk(2)), tau)
+            return {"loss": loss}
         if self.method == "acl":
-            a1, a2 = attack_pair(net, t1, t2, p.eps, p.alpha, p.pgd_steps, "pgd", tau, mode=p.attack_mode)
-            net.train()
+            a1, a2 = attack_pair(net, t1, t2, p.eps, p.alpha, p.pgd_steps, "pgd", tau, mode=ACL_ATTACK_MODE)
             zc = net(torch.cat([t1, t2]), "normal")
             za = net(torch.cat([a1, a2]), "pgd")
             lc = multiview_contrastive_loss(list(zc.chunk(2)), tau)
             la = multiview_contrastive_loss(list(za.chunk(2)), tau)
             return {"loss": 0.5 * (lc + la), "loss_clean": lc, "loss_adv": la}
         # advcl
-        o = crop_flip(x, g)
-        clean = [t1, t2] + ([self.view_fn(o)] if self.view_fn is not None else [])
-        x_cl = self.cl_attack(o, anchors=clean)
+        o = self._cl(crop_flip(x, g))
+        h = [self._cl(self.view_fn(o))] if self.view_fn is not None else []
+        x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
         x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
-        net.train()
-        zc = net(torch.cat(clean), "normal").chunk(len(clean))
-        z_adv = net(x_cl, "pgd")
-        # view order as in the spec: t1, t2, x_cl, h
-        views = [zc[0], zc[1], z_adv] + list(zc[2:])
+        # the spec's view order: t1, t2, x_cl, h (the loss does not depend on it)
+        views = [net(t1, "normal"), net(t2, "normal"), net(x_cl, "pgd")] + [net(v, "normal") for v in h]
         l_cl = multiview_contrastive_loss(views, tau)
         out = {"loss": l_cl, "loss_cl": l_cl}
         if self.use_pseudo:
@@ -148,16 +199,77 @@ class _Stepper:
         return out
 
 
-def _config(method, preset, view, radius, use_pseudo, pseudo_meta, ds) -> dict[str, Any]:
-    return {"method": method, "preset": preset.to_dict(), "view": view if method == "advcl" else None,
-            "radius": radius if method == "advcl" else None, "pseudo": bool(use_pseudo),
-            "pseudo_labels": pseudo_meta, "dataset": ds.id, "dataset_name": ds.name,
-            "image_size": ds.image_size, "num_train": len(ds)}
+def _config(method: str, preset: Preset, view: str, radius: float, pseudo_meta: dict | None,
+            ds: ImageDataset) -> dict[str, Any]:
+    """What determines a run's weights (compared on resume and by get_or_train). Settings that do
+    not change the result (finetuning/evaluation fields, channels_last, ckpt_every, the preset's
+    name) are left out, so changing them does not retrain."""
+    keys = ["train_subset", "base_width", "batch_size", "epochs", "lr", "momentum", "weight_decay",
+            "warmup_epochs", "temperature", "amp", "seed"]
+    if method in ("acl", "advcl"):
+        keys += ["eps", "alpha", "pgd_steps"]
+    training = {k: getattr(preset, k) for k in keys}
+    if method == "acl":
+        training["attack_mode"] = ACL_ATTACK_MODE
+    if method == "advcl":
+        training["attack_mode"] = preset.attack_mode
+    if pseudo_meta is not None:
+        training["pseudo_lambda"] = preset.pseudo_lambda
+    cfg = {"method": method, "training": training, "view": view if method == "advcl" else None,
+           "radius": radius if method == "advcl" else None, "pseudo": pseudo_meta is not None,
+           "pseudo_labels": pseudo_meta, "dataset": ds.id, "dataset_name": ds.name,
+           "image_size": ds.image_size, "num_train": len(ds)}
+    return json.loads(json.dumps(cfg))
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
 
 
 def build_net(method: str, base_width: int, pseudo_ks=()) -> ContrastiveNet:
+    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     routes = ROUTES[method] + (("pgd_ce",) if pseudo_ks else ())
     return ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks))
+
+
+def _resolve(method, preset, data, view, radius, pseudo_labels, overrides):
+    """Check the arguments and return (preset, dataset, radius, pseudo-labels or None, config)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
+    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    ds = pretrain_dataset(p, data)
+    r = float(radius) if radius is not None else scaled_radius(ds.image_size, p.hfc_radius)
+    pl = None
+    if pseudo_labels is not None:
+        if method != "advcl":
+            raise ValueError("pseudo-labels are used by AdvCL only (method='advcl')")
+        from .pseudo_labels import PseudoLabels
+        pl = pseudo_labels if isinstance(pseudo_labels, PseudoLabels) else PseudoLabels.load(pseudo_labels, dataset=ds)
+        pl.check_dataset(ds)
+    return p, ds, r, pl, _config(method, p, view, r, pl.describe() if pl is not None else None, ds)
+
+
+def _all_finite(net: nn.Module) -> bool:
+    with torch.no_grad():
+        return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
+                   if t.is_floating_point())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.PathLike, data=None,
@@ -166,30 +278,22 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
              max_epochs: int | None = None, **overrides) -> PretrainResult:
     """Pretrain ``method`` ("simclr", "acl", "advcl") at ``preset`` into ``out_dir``.
 
-    ``pseudo_labels``: a :class:`~advcl_lite.pseudo_labels.PseudoLabels` or a path to
-    one made for this preset's training set (AdvCL only). ``resume``: continue from
-    ``out_dir/last.pt`` when present (its configuration must match). ``max_epochs``
-    stops early after that many epochs in total (used to test interruption).
+    ``data``: a dataset name/path or an :class:`ImageDataset` (default: the preset's);
+    ``overrides``: preset fields (``epochs=2``, ``base_width=8`` ...). ``pseudo_labels``: a
+    :class:`~advcl_lite.pseudo_labels.PseudoLabels` or a path to one made for this preset's
+    training set (AdvCL only). ``resume``: continue from ``out_dir/last.pt`` when present (its
+    configuration must match). ``recompute_anchors``: re-embed the clean views at every attack
+    step as the original code (same result, slower). ``max_epochs`` stops after that many
+    epochs in total (an interruption that :func:`pretrain` can resume).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
-    preset = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    radius_arg = radius
+    preset, ds, radius, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides)
+    if max_epochs is not None and max_epochs < 0:
+        raise ValueError(f"max_epochs must be >= 0, got {max_epochs}")
     device = resolve_device(device)
     out_dir = Path(out_dir)
-    ds = pretrain_dataset(preset, data)
-    radius = float(radius) if radius is not None else scaled_radius(ds.image_size, preset.hfc_radius)
-
-    pl = None
-    if pseudo_labels is not None:
-        if method != "advcl":
-            raise ValueError("pseudo-labels are used by AdvCL only (method='advcl')")
-        from .pseudo_labels import PseudoLabels
-        pl = pseudo_labels if isinstance(pseudo_labels, PseudoLabels) else PseudoLabels.load(pseudo_labels, dataset=ds)
-        pl.check_dataset(ds)
     pseudo_ks = tuple(pl.ks) if pl is not None else ()
-    config = _config(method, preset, view, radius, pl is not None, pl.describe() if pl else None, ds)
+    name = run_name(method, view, pl is not None, radius_arg)
 
     gen = seed_everything(preset.seed)
     net = build_net(method, preset.base_width, pseudo_ks).to(device)
@@ -205,29 +309,44 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     last = out_dir / "last.pt"
     if resume and last.exists():
         ck = load_checkpoint(last, kind="pretrain", map_location=device)
-        if ck["meta"].get("config") != json.loads(json.dumps(config)):
-            raise CheckpointError(f"{last} was written for a different configuration than this run; "
+        old = ck["meta"].get("config") or {}
+        if old != config:
+            diff = "; ".join(_config_diff(old, config)[:6])
+            raise CheckpointError(f"{last} was written for a different configuration than this run ({diff}); "
                                   f"use another out_dir, or resume=False (CLI: --no-resume) to start over")
         load_weights(net, ck["state_dict"], str(last))
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng_cpu"])
-        gen.set_state(ck["rng_data"])
+        if "scaler" in ck and scaler.is_enabled():
+            scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng_cpu"].cpu())
+        gen.set_state(ck["rng_data"].cpu())
         if device.type == "cuda" and "rng_cuda" in ck:
             torch.cuda.set_rng_state(ck["rng_cuda"].cpu(), device)
         history = json.loads(ck["history"])
         start_epoch = int(ck["meta"]["epoch"])
+    if start_epoch == 0:
+        (out_dir / "final.pt").unlink(missing_ok=True)     # a finished run of another start is replaced, not mixed
 
     model = maybe_data_parallel(net, device)
-    stepper = _Stepper(method, model, preset, view, radius, pl is not None, recompute_anchors)
+    step = PretrainStep(method, model, preset, view, radius, pl is not None, recompute_anchors)
     meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
                  "base_width": preset.base_width, "pseudo_ks": list(pseudo_ks), "seed": preset.seed,
-                 "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size,
-                 "run_name": run_name(method, view, pl is not None)}
+                 "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size, "run_name": name,
+                 "view": view if method == "advcl" else None, "radius": radius if method == "advcl" else None,
+                 "preset_name": preset.name, "preset": preset.to_dict(), "recompute_anchors": bool(recompute_anchors),
+                 "device": str(device), "torch": str(torch.__version__)}
 
     def save(path: Path, epoch: int) -> None:
+        if not _all_finite(net):
+            raise NonFiniteLossError(
+                f"the weights of {name} became non-finite (NaN/inf) during epoch {epoch}; nothing was written, "
+                f"the last good checkpoint {last if last.exists() else '(none yet)'} is kept. "
+                f"Lower lr (now {preset.lr}) or use amp='none'.")
         extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "rng_data": gen.get_state(), "history": json.dumps(history)}
+        if scaler.is_enabled():
+            extra["scaler"] = scaler.state_dict()
         if device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state(device)
         save_checkpoint(path, kind="pretrain", state_dict=unwrap(net).state_dict(),
@@ -239,40 +358,42 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     t_run = time.perf_counter()
     for epoch in range(start_epoch, end_epoch):
         model.train()
-        t0, sums, seen = time.perf_counter(), {}, 0
+        t0, sums, seen, lr_used = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
         bar = tqdm(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True), total=steps_per_epoch,
-                   desc=f"{run_name(method, view, pl is not None)} epoch {epoch + 1}/{preset.epochs}",
-                   disable=not show, leave=False, mininterval=2.0)
+                   desc=f"{name} epoch {epoch + 1}/{preset.epochs}", disable=not show, leave=False, mininterval=2.0)
         for x, _, idx in bar:
-            if preset.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             targets = pl.targets(idx, device) if pl is not None else None
             with _autocast(device, preset.amp):
-                losses = stepper(x, idx, gen, targets)
+                losses = step(x, gen, targets)
             loss = losses["loss"]
             if not torch.isfinite(loss):
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}; the last good checkpoint "
-                    f"{last if last.exists() else '(none yet)'} is kept. Lower lr, or use amp='none'.")
+                    f"non-finite loss ({parts}) in epoch {epoch + 1} of {name}; nothing was written, the last good "
+                    f"checkpoint {last if last.exists() else '(none yet)'} is kept. Lower lr (now {preset.lr}), "
+                    f"or use amp='none'.")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            lr_used = opt.param_groups[0]["lr"]
             sched.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
             seen += len(x)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+        bar.close()
         secs = time.perf_counter() - t0
         rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
-               "lr": opt.param_groups[0]["lr"], "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
+               "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
         history.append(rec)
         if show:
-            print(f"[{run_name(method, view, pl is not None)}] epoch {epoch + 1}/{preset.epochs} "
-                  f"loss {rec['loss']:.4f} ({rec['images_per_s']:.0f} img/s, {secs:.1f}s)", flush=True)
-        if (epoch + 1) % preset.ckpt_every == 0 or epoch + 1 == preset.epochs:
+            print(f"[{name}] epoch {epoch + 1}/{preset.epochs} loss {rec['loss']:.4f} "
+                  f"({rec['images_per_s']:.0f} img/s, {secs:.1f}s)", flush=True)
+        if (epoch + 1) % preset.ckpt_every == 0 or epoch + 1 in (preset.epochs, end_epoch):
             save(last, epoch + 1)
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "history.json", history)
     done = len(history) >= preset.epochs
     if done:
         save(out_dir / "final.pt", preset.epochs)
@@ -282,13 +403,17 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
 
 
 def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNet, dict[str, Any]]:
-    """Rebuild the ContrastiveNet stored in a pretraining checkpoint (strict keys)."""
+    """Rebuild the ContrastiveNet stored in a pretraining checkpoint (strict keys), in eval mode.
+
+    Returns ``(net, meta)``; ``meta["history"]`` is the per-epoch history, ``meta["eval_route"]``
+    the BN route to export for finetuning. Any key or shape mismatch raises CheckpointError.
+    """
     ck = load_checkpoint(path, kind="pretrain", map_location="cpu")
     meta = ck["meta"]
     try:
         net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())))
-    except KeyError as e:
-        raise CheckpointError(f"{path}: pretraining checkpoint metadata lacks {e}; re-create it") from None
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: pretraining checkpoint metadata is incomplete ({e}); re-create it") from None
     load_weights(net, ck["state_dict"], str(path))
     meta = dict(meta)
     meta["history"] = json.loads(ck.get("history", "[]"))
@@ -296,33 +421,35 @@ def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNe
     return net.to(resolve_device(device)).eval(), meta
 
 
+def _stored_config(path: Path) -> dict | None:
+    try:
+        return load_checkpoint(path, kind="pretrain", map_location="cpu")["meta"].get("config")
+    except CheckpointError:
+        return None
+
+
 def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike, *, data=None, view: str = "hfc",
                  radius: float | None = None, pseudo_labels=None, device=None, progress: bool | None = None,
                  **overrides) -> PretrainResult:
-    """Return a finished run from ``work_dir/pretrain/<name>/final.pt`` if its configuration matches,
-    else train (resuming a partial run). The run folder name encodes method, view and pseudo-labels."""
-    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
-    out = Path(work_dir) / "pretrain" / run_name(method, view, pseudo_labels is not None, radius)
-    final = out / "final.pt"
+    """The run ``work_dir/pretrain/<name>/``: loaded from ``final.pt`` if it was trained with this
+    configuration (``cached=True``), otherwise trained - resuming ``last.pt`` when it matches,
+    starting over when a stored run does not. ``<name>`` is :func:`run_name` (method, view,
+    pseudo-labels, radius)."""
+    p, ds, r, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides)
+    out = Path(work_dir) / "pretrain" / run_name(method, view, pl is not None, radius)
+    final, last = out / "final.pt", out / "last.pt"
     if final.exists():
-        try:
-            net, meta = load_pretrained(final, device)
-            ds = pretrain_dataset(p, data)
-            r = float(radius) if radius is not None else scaled_radius(ds.image_size, p.hfc_radius)
-            pl_meta = None
-            if pseudo_labels is not None:
-                from .pseudo_labels import PseudoLabels
-                pl = pseudo_labels if isinstance(pseudo_labels, PseudoLabels) else PseudoLabels.load(pseudo_labels, dataset=ds)
-                pl_meta = pl.describe()
-            want = json.loads(json.dumps(_config(method, p, view, r, pseudo_labels is not None, pl_meta, ds)))
-            if meta.get("config") == want:
+        if _stored_config(final) == config:
+            try:
+                net, meta = load_pretrained(final, device)
                 return PretrainResult(final, meta["history"], net, meta, cached=True)
-        except CheckpointError:
-            pass
-        # a stale or different run: train again into the same folder from scratch
-        for f in ("final.pt", "last.pt"):
-            (out / f).unlink(missing_ok=True)
-    return pretrain(method, p, out_dir=out, data=data, view=view, radius=radius, pseudo_labels=pseudo_labels,
+            except CheckpointError:
+                pass
+        final.unlink(missing_ok=True)
+        last.unlink(missing_ok=True)
+    elif last.exists() and _stored_config(last) != config:
+        last.unlink(missing_ok=True)
+    return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius, pseudo_labels=pl,
                     device=device, progress=progress)
 
 
@@ -336,7 +463,6 @@ def cli_pretrain(args) -> int:
     res = pretrain(args.method, p, out_dir=out, data=data, view=args.view, radius=args.radius,
                    pseudo_labels=args.pseudo_labels, resume=args.resume, device=args.device,
                    progress=not args.no_progress, recompute_anchors=args.recompute_anchors)
-    last = res.history[-1] if res.history else {}
-    print(f"wrote {res.checkpoint} (epoch {res.meta['epoch']}/{p.epochs}, final loss {last.get('loss', float('nan')):.4f}, "
-          f"{res.seconds:.0f}s)")
+    print(f"wrote {res.checkpoint} (epoch {res.meta['epoch']}/{p.epochs}, final loss {res.final_loss:.4f}, "
+          f"{res.seconds:.0f}s; history in {Path(out) / 'history.json'})")
     return 0

@@ -1,0 +1,461 @@
+"""Finetuning a pretrained encoder: SLF, ALF and AFF on one loop (spec section 7).
+
+A pretrained encoder becomes a classifier ``Classifier(encoder, num_classes)``
+(encoder + linear head on [0, 1] images). Three schemes decide what is trained:
+
+* ``"slf"`` - standard linear finetuning: only the linear head, on clean crop+flip
+  images, cross-entropy. The encoder is frozen **and stays in eval mode**, so its
+  BatchNorm running statistics never change (a frozen encoder in train mode would
+  silently re-estimate them).
+* ``"alf"`` - adversarial linear finetuning: the same frozen encoder; the head is
+  trained on PGD examples of the *whole* classifier (Madry adversarial training,
+  ``ft_pgd_steps`` steps, eps/alpha from the preset, random start, eval mode).
+* ``"aff"`` - adversarial full finetuning: the whole network with TRADES,
+  ``loss = CE(f(x), y) + beta * KL(p(x) || p(x_adv))``, ``beta = trades_beta``,
+  x_adv from :class:`~advcl_lite.attacks.TradesPGD` (``ft_pgd_steps`` steps).
+
+Optimisation: SGD, momentum ``preset.momentum`` (0.9), weight decay 2e-4,
+lr ``ft_lr`` and batch ``ft_batch_size`` for SLF/ALF, ``aff_lr`` and
+``aff_batch_size`` for AFF; ``ft_epochs`` epochs with the lr divided by 10 at 60 %
+and 80 % of them (the spec's epochs 15 and 20 of 25). Augmentation: crop+flip.
+
+**Model selection.** The original picks its best epoch on the *test* set. Here
+``val_fraction`` of the (``ft_subset``) training images is held out, stratified by
+class (:func:`finetune_splits`); the head never trains on it, and the test split
+is never read. After every epoch the model is scored on that validation split,
+and the epoch with the best score is kept:
+
+* SLF: clean validation accuracy;
+* ALF and AFF: validation robust accuracy under PGD (``ft_pgd_steps`` steps,
+  the finetuning attack), ties broken by clean accuracy, then by the earlier epoch.
+
+**Encoders.** :func:`finetune` takes a pretraining checkpoint path (the encoder is
+exported with the checkpoint's ``eval_route``: ``pgd`` for ACL/AdvCL, ``normal`` for
+SimCLR), a :class:`~advcl_lite.models.ContrastiveNet` (route ``pgd`` when it has
+one), a :class:`~advcl_lite.models.ResNet18`, or any ``nn.Module`` feature
+extractor with a ``feature_dim`` attribute that maps [0, 1] images to
+``(N, feature_dim)`` features (your own encoder). The encoder is copied: the
+object you pass is never modified.
+
+**Transfer.** The finetuning data may differ from the pretraining data (CIFAR-10
+-> CIFAR-100, -> STL-10 resized to 32, any ImageFolder). An encoder pretrained on
+32x32 images needs 32x32 inputs: a size mismatch is a
+:class:`~advcl_lite.data.DataError` that says to pass ``image_size``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attacks import PGD, TradesPGD
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .data import DataError, ImageDataset, class_balanced_subset, crop_flip, load_dataset, train_val_split
+from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
+from .losses import trades_kl
+from .models import Classifier, ContrastiveNet, ResNet18, export_encoder, to_channels_last
+from .presets import Preset, get_preset
+from .pretrain import NonFiniteLossError, load_pretrained, progress_enabled
+
+SCHEMES = ("slf", "alf", "aff")
+FT_WEIGHT_DECAY = 2e-4
+CHECKPOINT_NAME = "model.pt"
+SELECTION_RULE = ("best epoch on a validation split held out from the finetuning training images "
+                  "(never the test set): clean accuracy for SLF; PGD robust accuracy (the finetuning "
+                  "attack) for ALF/AFF, ties broken by clean accuracy, then the earlier epoch")
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns. ``model`` is the best-epoch classifier in eval mode."""
+
+    model: Classifier
+    checkpoint: Path | None
+    history: list[dict[str, Any]]
+    best_epoch: int
+    val: dict[str, Any]
+    seconds: float
+    meta: dict[str, Any]
+    cached: bool = field(default=False)
+
+
+class FeatureExtractor(nn.Module):
+    """Adapter: any module mapping [0, 1] images to ``(N, feature_dim)`` features, usable by ``Classifier``."""
+
+    routes = None
+
+    def __init__(self, net: nn.Module, feature_dim: int | None = None):
+        super().__init__()
+        dim = feature_dim if feature_dim is not None else getattr(net, "feature_dim", None)
+        if dim is None:
+            raise ValueError(f"{type(net).__name__} has no `feature_dim` attribute; set net.feature_dim = <size of "
+                             f"its output features> (what a linear head on top of it takes)")
+        self.net = net
+        self.feature_dim = int(dim)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net(x)
+        if not isinstance(f, torch.Tensor):
+            raise ValueError(f"{type(self.net).__name__} returned {type(f).__name__}; a feature extractor must "
+                             f"return one tensor (N, feature_dim)")
+        f = f.flatten(1)
+        if f.shape[1] != self.feature_dim:
+            raise ValueError(f"{type(self.net).__name__} returned {f.shape[1]} features per image, but its "
+                             f"feature_dim says {self.feature_dim}")
+        return f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_state(module: nn.Module) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh, plain (single-BN) copy of ``encoder`` for finetuning, and a JSON-able description of it.
+
+    ``encoder``: a pretraining checkpoint path, a ContrastiveNet, a ResNet18, or any module with
+    ``feature_dim``. ``route`` overrides the BN route (default: the checkpoint's ``eval_route``;
+    ``pgd`` for a network that has it, else its first route).
+    """
+    if isinstance(encoder, (str, os.PathLike)):
+        path = Path(encoder)
+        net, meta = load_pretrained(path, "cpu")
+        r = route or meta.get("eval_route") or ("pgd" if "pgd" in net.routes else net.routes[0])
+        enc = export_encoder(net, r)
+        keep = ("method", "run_name", "routes", "base_width", "pseudo_ks", "seed", "epochs", "epoch",
+                "dataset", "image_size", "config")
+        info = {"source": "checkpoint", "class": "ResNet18", "path": str(path), "sha256": _sha256_file(path),
+                "route": r, "method": meta.get("method"), "run_name": meta.get("run_name"),
+                "image_size": meta.get("image_size"), "base_width": enc.base_width,
+                "pretrain_meta": {k: meta[k] for k in keep if k in meta}}
+        return enc, info
+    module = unwrap(encoder)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"encoder must be a pretraining checkpoint path or an nn.Module, got {type(encoder).__name__}")
+    sha = _sha256_state(module)
+    if isinstance(module, (ContrastiveNet, ResNet18)):
+        routes = module.routes
+        r = None
+        if routes is not None:
+            r = route or ("pgd" if "pgd" in routes else routes[0])
+        enc = export_encoder(module, r or "pgd")
+        return enc, {"source": type(module).__name__, "class": "ResNet18", "path": None, "sha256": sha, "route": r,
+                     "method": None, "run_name": None, "image_size": getattr(module, "image_size", None),
+                     "base_width": enc.base_width, "pretrain_meta": {}}
+    if route is not None:
+        raise ValueError(f"route={route!r} applies to advcl_lite encoders only, not to {type(module).__name__}")
+    enc = FeatureExtractor(copy.deepcopy(module))
+    return enc, {"source": "user", "class": type(module).__name__, "path": None, "sha256": sha, "route": None,
+                 "method": None, "run_name": None, "image_size": getattr(module, "image_size", None),
+                 "base_width": None, "feature_dim": enc.feature_dim, "pretrain_meta": {}}
+
+
+def _resize(ds: ImageDataset, size: int) -> ImageDataset:
+    if ds.image_size == size:
+        return ds
+    imgs = F.interpolate(ds.images.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return ImageDataset(imgs, ds.labels, ds.classes, ds.name, ds.split)
+
+
+def load_split(data, split: str = "train", image_size: int | None = None) -> ImageDataset:
+    """``data`` (a dataset name/path or an ImageDataset) as an ImageDataset, resized to ``image_size`` if given."""
+    if isinstance(data, ImageDataset):
+        return _resize(data, image_size) if image_size else data
+    return load_dataset(str(data), split, image_size=image_size)
+
+
+def check_image_size(ds: ImageDataset, expected: int | None, what: str = "the encoder") -> None:
+    """Raise a DataError unless ``ds`` has the image size ``expected`` (None: anything goes)."""
+    if expected is not None and ds.image_size != int(expected):
+        raise DataError(f"{what} was pretrained on {expected}x{expected} images, but {ds.name} images are "
+                        f"{ds.image_size}x{ds.image_size}; pass image_size={expected} "
+                        f"(CLI: --image-size {expected}) to resize them")
+
+
+def finetune_splits(ds: ImageDataset, preset: Preset) -> tuple[ImageDataset, ImageDataset]:
+    """The training and validation parts of ``ds`` used for finetuning.
+
+    ``ft_subset`` class-balanced images (seeded), of which ``val_fraction`` per class is held
+    out for model selection. The two parts are disjoint; the test split is never touched.
+    """
+    sub = class_balanced_subset(ds, preset.ft_subset, seed=preset.seed)
+    return train_val_split(sub, preset.val_fraction, seed=preset.seed)
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def lr_milestones(epochs: int) -> list[int]:
+    """Epochs after which the lr is divided by 10: 60 % and 80 % of ``epochs`` (15 and 20 of 25)."""
+    return sorted({max(1, int(round(0.6 * epochs))), max(1, int(round(0.8 * epochs)))})
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _val_metrics(model: nn.Module, val: ImageDataset, scheme: str, p: Preset, device, epoch: int) -> dict[str, Any]:
+    from .evaluate import evaluate
+    attack = None
+    if scheme != "slf":
+        attack = PGD(model, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
+    r = evaluate(model, val, attack=attack, batch_size=max(p.ft_batch_size, 256), device=device,
+                 seed=p.seed + 1000 + epoch, progress=False)
+    out = {"val_sa": r["sa"], "val_n": r["n"]}
+    if attack is not None:
+        out["val_ra"] = r["ra"]
+        out["val_attack"] = r["attack"]
+    return out
+
+
+def _score(scheme: str, m: dict[str, Any]) -> tuple:
+    return (m["val_sa"],) if scheme == "slf" else (m["val_ra"], m["val_sa"])
+
+
+def _config(scheme: str, p: Preset, info: dict[str, Any], ds: ImageDataset, image_size) -> dict[str, Any]:
+    return json.loads(json.dumps({"scheme": scheme, "preset": p.to_dict(), "encoder_sha256": info["sha256"],
+                                  "route": info["route"], "dataset": ds.id, "image_size": ds.image_size,
+                                  "resize": image_size}))
+
+
+def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None, out_dir=None, device=None,
+             progress: bool | None = None, image_size: int | None = None, route: str | None = None,
+             **overrides) -> FinetuneResult:
+    """Finetune ``encoder`` with ``scheme`` ("slf", "alf", "aff") on the training split of ``data``.
+
+    ``data``: a dataset name or path (its ``train`` split is used) or an ImageDataset (used as the
+    training set); default ``preset.data``. ``image_size`` resizes the images (e.g. 32 for STL-10
+    on a CIFAR encoder). ``out_dir``: where ``model.pt`` (kind ``finetune``) and ``history.json``
+    are written (nothing is written when None). Returns the best-epoch model (see the module
+    docstring for the selection rule) in eval mode. ``history`` has one record per epoch: mean
+    ``loss`` (AFF also ``loss_ce``, ``loss_kl``), ``train_acc`` on the inputs trained on (adversarial
+    for ALF, clean for SLF and AFF), ``lr``, ``val_sa`` / ``val_ra`` / ``val_n``, ``seconds``.
+    """
+    scheme = str(scheme).lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown finetuning scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    dev = resolve_device(device)
+    enc, info = resolve_encoder(encoder, route)
+    ds = load_split(data if data is not None else p.data, "train", image_size)
+    check_image_size(ds, info.get("image_size"))
+    if ds.num_classes < 2:
+        raise DataError(f"{ds.name} has {ds.num_classes} class; finetuning a classifier needs at least 2")
+    train, val = finetune_splits(ds, p)
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"{ds.name}: {len(train)} training / {len(val)} validation images after the split; "
+                        f"use more images (ft_subset) or another val_fraction")
+
+    gen = seed_everything(p.seed)
+    model = Classifier(enc, ds.num_classes).to(dev)
+    model = to_channels_last(model, p.channels_last)
+    linear = scheme in ("slf", "alf")
+    if linear:
+        for q in model.encoder.parameters():
+            q.requires_grad_(False)
+    params = [q for q in model.parameters() if q.requires_grad]
+    lr, bs = (p.ft_lr, p.ft_batch_size) if linear else (p.aff_lr, p.aff_batch_size)
+    bs = min(bs, len(train))
+    opt = torch.optim.SGD(params, lr=lr, momentum=p.momentum, weight_decay=FT_WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(p.ft_epochs), gamma=0.1)
+    scaler = torch.amp.GradScaler(dev.type, enabled=(p.amp == "fp16"))
+    net = maybe_data_parallel(model, dev)
+    attack = None
+    if scheme == "alf":
+        attack = PGD(net, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
+    elif scheme == "aff":
+        attack = TradesPGD(net, p.eps, p.alpha, p.ft_pgd_steps, mode="eval")
+
+    from tqdm.auto import tqdm
+    show = progress_enabled(progress)
+    history: list[dict[str, Any]] = []
+    best_key, best_epoch, best_val, best_state = None, 0, None, None
+    t_run = time.perf_counter()
+    if p.ft_epochs == 0:
+        best_val = _val_metrics(model, val, scheme, p, dev, 0)
+    steps = train.num_batches(bs, drop_last=True)
+    for epoch in range(1, p.ft_epochs + 1):
+        # SLF/ALF: the whole classifier stays in eval mode (frozen BN statistics); AFF trains everything
+        net.train(not linear)
+        t0, sums, seen, correct = time.perf_counter(), {}, 0, 0
+        bar = tqdm(train.batches(bs, shuffle=True, generator=gen, device=dev, drop_last=True), total=steps,
+                   desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", disable=not show, leave=False, mininterval=2.0)
+        for x, y, _ in bar:
+            x = crop_flip(x, gen)
+            if p.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(dev, p.amp):
+                if scheme == "slf":
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                    parts = {"loss": loss}
+                elif scheme == "alf":
+                    x_adv = attack(x, y)
+                    logits = net(x_adv)
+                    loss = F.cross_entropy(logits.float(), y)
+                    parts = {"loss": loss}
+                else:
+                    x_adv = attack(x, y)
+                    net.train()
+                    logits = net(x)
+                    ce = F.cross_entropy(logits.float(), y)
+                    kl = trades_kl(net(x_adv), logits)
+                    loss = ce + p.trades_beta * kl
+                    parts = {"loss": loss, "loss_ce": ce, "loss_kl": kl}
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite {scheme.upper()} loss ({loss.item()}) at epoch {epoch}; "
+                                         f"lower the lr (ft_lr / aff_lr) or use amp='none'")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(x)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        lr_used = opt.param_groups[0]["lr"]
+        sched.step()
+        secs = time.perf_counter() - t0
+        metrics = _val_metrics(model, val, scheme, p, dev, epoch)
+        rec = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
+               "train_acc": correct / max(seen, 1), "lr": lr_used, **metrics,
+               "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
+        history.append(rec)
+        key = _score(scheme, metrics)
+        if best_key is None or key > best_key:
+            best_key, best_epoch, best_val = key, epoch, metrics
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if show:
+            ra = f", val RA {metrics['val_ra']:.1%}" if "val_ra" in metrics else ""
+            print(f"[{scheme.upper()}] epoch {epoch}/{p.ft_epochs} loss {rec['loss']:.4f}, val SA "
+                  f"{metrics['val_sa']:.1%}{ra} (n={metrics['val_n']}, {secs:.1f}s)", flush=True)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - t_run
+
+    meta = {"scheme": scheme, "preset": p.to_dict(), "preset_name": p.name, "encoder": info,
+            "config": _config(scheme, p, info, ds, image_size),
+            "data_source": None if isinstance(data, ImageDataset) else str(data if data is not None else p.data),
+            "dataset": ds.id, "dataset_name": ds.name, "train": train.id, "val": val.id,
+            "num_train": len(train), "num_val": len(val), "classes": list(ds.classes),
+            "num_classes": ds.num_classes, "image_size": ds.image_size, "resize": image_size,
+            "base_width": info.get("base_width"), "feature_dim": int(enc.feature_dim),
+            "best_epoch": best_epoch, "epochs": p.ft_epochs, "val_metrics": best_val,
+            "selection": SELECTION_RULE, "seconds": seconds, "seed": p.seed}
+    ckpt = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        ckpt = save_checkpoint(out / CHECKPOINT_NAME, kind="finetune", state_dict=unwrap(model).state_dict(),
+                               meta=meta, history=json.dumps(history))
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    return FinetuneResult(model, ckpt, history, best_epoch, best_val, seconds, meta)
+
+
+def load_finetuned(path: str | os.PathLike, device=None, encoder: nn.Module | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the classifier stored in a ``finetune`` checkpoint (strict keys), in eval mode.
+
+    A checkpoint of a user-brought encoder needs ``encoder=`` (an instance of the same class,
+    any weights) to rebuild the architecture. Returns ``(model, meta)``; ``meta["history"]``
+    is the per-epoch finetuning history.
+    """
+    ck = load_checkpoint(path, kind="finetune", map_location="cpu")
+    meta = dict(ck["meta"])
+    try:
+        info = meta["encoder"]
+        num_classes = int(meta["num_classes"])
+        if info.get("class") == "ResNet18" and encoder is None:
+            enc: nn.Module = ResNet18(int(meta["base_width"]))
+        else:
+            if encoder is None:
+                raise CheckpointError(f"{str(path)!r} holds a finetuned {info.get('class')} (an encoder of your own); "
+                                      f"pass encoder=<a {info.get('class')} instance> to load_finetuned to rebuild it")
+            enc, _ = resolve_encoder(encoder)
+        if int(enc.feature_dim) != int(meta["feature_dim"]):
+            raise CheckpointError(f"{str(path)!r} was finetuned with {meta['feature_dim']}-d features, but the "
+                                  f"encoder given gives {enc.feature_dim}")
+    except KeyError as e:
+        raise CheckpointError(f"{str(path)!r}: finetune checkpoint metadata lacks {e}; re-create it") from None
+    model = Classifier(enc, num_classes)
+    load_weights(model, ck["state_dict"], repr(str(path)))
+    meta["history"] = json.loads(ck.get("history", "[]"))
+    meta["path"] = str(path)
+    return model.to(resolve_device(device)).eval(), meta
+
+
+def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data=None, device=None,
+                    progress: bool | None = None, image_size: int | None = None, route: str | None = None,
+                    **overrides) -> FinetuneResult:
+    """``out_dir/model.pt`` if it was finetuned with this configuration (scheme, preset, the same encoder
+    weights, dataset, size), else :func:`finetune` into ``out_dir`` (notebooks: load if cached, else train)."""
+    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if path.exists():
+        try:
+            _, info = resolve_encoder(encoder, route)
+            ds = load_split(data if data is not None else p.data, "train", image_size)
+            want = _config(str(scheme).lower(), p, info, ds, image_size)
+            model, meta = load_finetuned(path, device, encoder=None if info["class"] == "ResNet18" else encoder)
+            if meta.get("config") == want:
+                return FinetuneResult(model, path, meta["history"], int(meta["best_epoch"]), meta["val_metrics"],
+                                      float(meta["seconds"]), meta, cached=True)
+        except CheckpointError:
+            pass
+        path.unlink(missing_ok=True)
+    return finetune(encoder, scheme, p, data=data, out_dir=out_dir, device=device, progress=progress,
+                    image_size=image_size, route=route)
+
+
+def cli_finetune(args) -> int:
+    from .cli import preset_from_args
+    p = preset_from_args(args)
+    enc = Path(args.encoder)
+    if not enc.exists():
+        raise CheckpointError(f"encoder checkpoint {str(enc)!r} does not exist; pass a pretraining checkpoint "
+                              f"such as runs/{p.name}/pretrain/advcl/final.pt")
+    name = enc.parent.name if enc.name in ("final.pt", "last.pt") else enc.stem
+    out = Path(args.out) if args.out else Path("runs") / p.name / "finetune" / f"{name}-{args.scheme}"
+    res = finetune(enc, args.scheme, p, data=p.data, out_dir=out, device=args.device,
+                   progress=not args.no_progress, image_size=args.image_size)
+    metrics = {"checkpoint": str(res.checkpoint), "scheme": res.meta["scheme"], "preset": p.name,
+               "encoder": res.meta["encoder"]["path"], "encoder_method": res.meta["encoder"]["method"],
+               "route": res.meta["encoder"]["route"], "dataset": res.meta["dataset"], "train": res.meta["train"],
+               "val": res.meta["val"], "best_epoch": res.best_epoch, "epochs": p.ft_epochs,
+               "val_metrics": res.val, "selection": SELECTION_RULE, "seconds": res.seconds, "history": res.history}
+    mpath = out / "metrics.json"
+    mpath.write_text(json.dumps(metrics, indent=1))
+    v = res.val
+    ra = f", RA {v['val_ra']:.1%}" if "val_ra" in v else ""
+    print(f"wrote {res.checkpoint} and {mpath}: {res.meta['scheme'].upper()} best epoch {res.best_epoch}/{p.ft_epochs}, "
+          f"validation SA {v['val_sa']:.1%}{ra} (n={v['val_n']}), {res.seconds:.0f}s")
+    print(f"next: advcl-lite evaluate --model {res.checkpoint} --preset {p.name} --attack pgd20")
+    return 0

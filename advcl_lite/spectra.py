@@ -1,0 +1,561 @@
+"""Spectra of adversarial perturbations, Fourier heat maps and band-limited attacks.
+
+Where in frequency does an adversarial perturbation put its energy, and which
+frequencies is a classifier sensitive to? A *classifier* here is any
+``nn.Module`` that maps [0, 1] images ``(N, 3, H, W)`` to logits (e.g. a
+:class:`~advcl_lite.models.Classifier`: an exported encoder plus a linear head).
+
+* :func:`perturbation_spectrum` - PGD against the classifier, then the radially
+  averaged power spectrum of ``delta = x_adv - x`` (:func:`high_frequency_fraction`
+  gives the share of its energy at distance >= r from DC).
+* :func:`fourier_heat_map` - Yin et al. (2019), "A Fourier perspective on model
+  robustness": the error rate under ``x + r * v * U_ij`` for every frequency
+  ``(i, j)``, with ``U_ij`` a real Fourier basis image of unit L2 norm
+  (:func:`fourier_basis`), ``v`` the norm and ``r`` a random sign.
+* :func:`class_interleaved` - test images in class order 0, 1, ..., 9, 0, 1, ... so that
+  any prefix ``x[:k]`` is class-balanced (each analysis uses a prefix).
+* :class:`BandLimitedPGD` / :func:`band_limited_pgd` - PGD whose perturbation is
+  restricted to the low (``d < radius``) or high (``d >= radius``) frequencies, and
+  :func:`accuracy_under_band_attacks`, accuracy against full / low-only / high-only
+  perturbations over a list of eps.
+
+Frequency conventions (the same as :mod:`advcl_lite.frequency`): ``(i, j)`` are
+signed integer frequencies along height and width, ``i`` in ``[-H//2, (H-1)//2]``;
+``d = sqrt(i^2 + j^2)`` is the distance to DC. Maps returned here are in
+*fftshift* layout: entry ``[H//2 + i, W//2 + j]`` belongs to frequency ``(i, j)``,
+DC in the centre. AdvCL's HFC view (radius 8 at 32x32) keeps exactly the
+frequencies with ``d >= 8``: the "high" band here.
+
+The plots for this stage (heat maps, accuracy vs eps per band, and
+:func:`plot_frequency_explorer`, the figure behind notebook 05's widget) live at
+the end of this module; spectra curves are :func:`advcl_lite.viz.plot_radial_spectra`
+(pass it ``{name: perturbation_spectrum(...)}``).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .attacks import PGD, check_attack_params, check_inputs, model_mode
+from .device import resolve_device
+from .frequency import apply_mask, band_mask, energy_fraction, frequency_radius, radial_mask, radial_power_spectrum
+
+BANDS = ("full", "low", "high")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _model_device(model: nn.Module, device=None) -> torch.device:
+    """``device`` if given (the model is moved there), else the device of the model's parameters."""
+    if device is not None:
+        dev = resolve_device(device)
+        model.to(dev)
+        return dev
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Run the block with torch's RNG seeded to ``seed`` without disturbing the global stream."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    check_inputs(x)
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+
+
+def _progress(progress: bool | None):
+    from .pretrain import progress_enabled
+    return progress_enabled(progress)
+
+
+def class_interleaved(ds, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images of an :class:`~advcl_lite.data.ImageDataset` in a seeded round-robin over the classes.
+
+    Within each class the order is shuffled (``seed``); the images then come class 0, 1, ..., C-1,
+    0, 1, ... so that *every prefix* ``x[:k]`` is as class-balanced as it can be (a dataset stored
+    sorted by class, like the embedded sample's test split, would otherwise give one class first).
+    Returns ``(x, y)``: float (n, 3, H, W) in [0, 1] and int64 (n,), on the CPU.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    per = [torch.nonzero(ds.labels == c).flatten() for c in range(ds.num_classes)]
+    per = [p[torch.randperm(len(p), generator=g)] for p in per]
+    order = [int(p[i]) for i in range(max((len(p) for p in per), default=0)) for p in per if i < len(p)]
+    idx = torch.tensor(order[:n] if n is not None else order, dtype=torch.long)
+    return ds.images[idx].float().div_(255), ds.labels[idx].clone()
+
+
+# --------------------------------------------------------------------------- perturbation spectra
+
+def pgd_perturbations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255,
+                      alpha: float = 2 / 255, steps: int = 10, *, batch_size: int = 256, device=None,
+                      seed: int | None = 0) -> torch.Tensor:
+    """``delta = PGD(x) - x`` for every image (L-inf PGD on CE, random start, model in eval mode).
+
+    Input ``x`` (N, C, H, W) in [0, 1], labels ``y`` (N,); returns delta (N, C, H, W) on the CPU.
+    """
+    _check_xy(x, y)
+    dev = _model_device(model, device)
+    attack = PGD(model, eps, alpha, steps)
+    out = []
+    with _seeded(seed, dev):
+        for s in range(0, len(x), batch_size):
+            xb, yb = x[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev)
+            out.append((attack(xb, yb) - xb).cpu())
+    return torch.cat(out) if out else torch.zeros_like(x)
+
+
+def perturbation_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255,
+                          alpha: float = 2 / 255, steps: int = 10, *, batch_size: int = 256, device=None,
+                          seed: int | None = 0, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged power spectrum of PGD perturbations against ``model``.
+
+    Runs :func:`pgd_perturbations` and passes delta to
+    :func:`~advcl_lite.frequency.radial_power_spectrum`: bin ``k`` is the mean of
+    ``|FFT2(delta)|^2`` over the batch, the channels and the ring ``k - 0.5 <= d < k + 0.5``.
+    Returns ``(radii, power)``, 1-D float64 (``normalize``: power sums to 1).
+    """
+    delta = pgd_perturbations(model, x, y, eps, alpha, steps, batch_size=batch_size, device=device, seed=seed)
+    return radial_power_spectrum(delta, normalize=normalize)
+
+
+def high_frequency_fraction(delta: torch.Tensor, radius: float = 8.0) -> float:
+    """Share of the non-DC spectral energy of ``delta`` at distance >= ``radius`` from DC,
+    averaged over images (AdvCL's HFC view keeps exactly these frequencies)."""
+    return float(1.0 - energy_fraction(delta, radius).mean())
+
+
+def power_spectrum_2d(x: torch.Tensor, centered: bool = True) -> torch.Tensor:
+    """Mean ``|FFT2(x)|^2`` over the batch and channels, shape (H, W); fftshift layout if ``centered``."""
+    x4 = x if x.ndim == 4 else x[None]
+    p = torch.fft.fft2(x4.double()).abs().pow(2).mean((0, 1))
+    return torch.fft.fftshift(p) if centered else p
+
+
+# --------------------------------------------------------------------------- Fourier basis and heat map
+
+def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {size}")
+    return h, w
+
+
+def _basis_stack(h: int, w: int, freqs: torch.Tensor, norm: float, device, dtype) -> torch.Tensor:
+    """Real Fourier basis images for frequencies ``freqs`` (F, 2) -> (F, H, W), each of L2 norm ``norm``."""
+    yy = torch.arange(h, device=device, dtype=torch.float64)[:, None]
+    xx = torch.arange(w, device=device, dtype=torch.float64)[None, :]
+    fi = freqs[:, 0].to(device=device, dtype=torch.float64)[:, None, None]
+    fj = freqs[:, 1].to(device=device, dtype=torch.float64)[:, None, None]
+    u = torch.cos(2 * math.pi * (fi * yy / h + fj * xx / w))
+    u = u / u.flatten(1).norm(dim=1)[:, None, None]
+    return (u * norm).to(dtype)
+
+
+def fourier_basis(size: int | tuple[int, int], i: int, j: int, norm: float = 1.0, *, channels: int | None = None,
+                  device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """The real Fourier basis image ``U_ij`` of L2 norm ``norm``.
+
+    ``U_ij(y, x) = c * cos(2 pi (i y / H + j x / W))``: its FFT is non-zero only at
+    ``(i, j)`` and the conjugate frequency ``(-i, -j)`` (one bin when they coincide,
+    e.g. DC). Shape (H, W), or (channels, H, W) with the same image in every channel,
+    each channel of norm ``norm``.
+    """
+    h, w = _size2(size)
+    if norm < 0:
+        raise ValueError(f"norm={norm} must be >= 0")
+    u = _basis_stack(h, w, torch.tensor([[int(i), int(j)]]), float(norm), device, dtype)[0]
+    return u if channels is None else u.expand(int(channels), h, w).clone()
+
+
+def heat_map_frequencies(size: int | tuple[int, int], max_freq: int | None = None, stride: int = 1) -> torch.Tensor:
+    """The signed frequencies ``(i, j)`` a heat map evaluates, one per conjugate pair: (F, 2) long.
+
+    Keeps ``i`` and ``j`` that are multiples of ``stride`` (DC always included) with
+    ``|i|, |j| <= max_freq``; of each pair ``(i, j)``, ``(-i, -j)`` only one is listed,
+    since both give the same basis image.
+    """
+    h, w = _size2(size)
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride={stride} must be a whole number >= 1")
+    if max_freq is not None and max_freq < 0:
+        raise ValueError(f"max_freq={max_freq} must be >= 0")
+    fi = [i for i in range(-(h // 2), (h - 1) // 2 + 1) if i % stride == 0 and (max_freq is None or abs(i) <= max_freq)]
+    fj = [j for j in range(-(w // 2), (w - 1) // 2 + 1) if j % stride == 0 and (max_freq is None or abs(j) <= max_freq)]
+    keep = []
+    for i in fi:
+        for j in fj:
+            key, mirror = (i % h, j % w), ((-i) % h, (-j) % w)
+            if key <= mirror:
+                keep.append((i, j))
+    return torch.tensor(keep, dtype=torch.long).reshape(-1, 2)
+
+
+def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float = 4.0, *,
+                     max_freq: int | None = None, stride: int = 1, sign: str = "channel", batch_size: int = 512,
+                     device=None, seed: int | None = 0, progress: bool | None = None) -> torch.Tensor:
+    """Fourier heat map (Yin et al. 2019): error rate under a single Fourier-basis perturbation.
+
+    For every evaluated frequency ``(i, j)`` and every image: ``clip(x + r * norm * U_ij, 0, 1)``
+    with ``U_ij = fourier_basis(size, i, j)`` (unit L2 norm per channel) and ``r`` a random
+    sign, drawn per image and channel (``sign="channel"``, as Yin et al.) or per image
+    (``"image"``). The error rate counts every image classified wrongly after the
+    perturbation (clean mistakes included).
+
+    Returns a float tensor (H, W) in fftshift layout (DC in the centre, entry
+    ``[H//2 + i, W//2 + j]`` for frequency ``(i, j)``). Only one frequency of each
+    conjugate pair is evaluated and the map is filled symmetrically; with ``stride > 1``
+    or ``max_freq``, the frequencies not evaluated (see :func:`heat_map_frequencies`) are
+    NaN. Cost: ``len(heat_map_frequencies(...)) * N`` forward passes (about H*W/2 * N at
+    stride 1), batched ``batch_size`` at a time, model in eval mode.
+    """
+    _check_xy(x, y)
+    if sign not in ("channel", "image"):
+        raise ValueError(f"sign must be 'channel' or 'image', got {sign!r}")
+    if norm < 0:
+        raise ValueError(f"norm={norm} must be >= 0 (Yin et al. use 4 for CIFAR-10 in [0, 1])")
+    dev = _model_device(model, device)
+    n, c, h, w = x.shape
+    freqs = heat_map_frequencies((h, w), max_freq, stride)
+    errors = torch.zeros(len(freqs), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    from tqdm.auto import tqdm
+    per_img = max(1, min(n, batch_size))
+    f_chunk = max(1, batch_size // per_img)
+    chunks = [(s, f) for s in range(0, n, per_img) for f in range(0, len(freqs), f_chunk)]
+    with torch.no_grad(), model_mode(model, "eval"):
+        bar = tqdm(chunks, desc="Fourier heat map", disable=not _progress(progress), leave=False, mininterval=2.0)
+        for s, f in bar:
+            xb, yb = x[s:s + per_img].to(dev), y[s:s + per_img].to(dev)
+            fr = freqs[f:f + f_chunk]
+            u = _basis_stack(h, w, fr, float(norm), dev, xb.dtype)                        # (F, H, W)
+            shape = (len(fr), len(xb), c if sign == "channel" else 1)
+            r = (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(dev, xb.dtype)       # (F, B, C|1)
+            xp = (xb[None] + r[..., None, None] * u[:, None, None]).clamp(0, 1)          # (F, B, C, H, W)
+            pred = model(xp.flatten(0, 1)).argmax(1).view(len(fr), len(xb))
+            errors[f:f + len(fr)] += (pred != yb[None]).sum(1).double().cpu()
+    rate = (errors / max(n, 1)).float()
+    heat = torch.full((h, w), float("nan"))
+    ci, cj = h // 2, w // 2
+    for (i, j), e in zip(freqs.tolist(), rate.tolist()):
+        heat[(ci + i) % h, (cj + j) % w] = e
+        heat[(ci - i) % h, (cj - j) % w] = e
+    return heat
+
+
+def heat_map_summary(heat: torch.Tensor, radius: float = 8.0) -> dict[str, float]:
+    """Mean error of a heat map overall, inside (``d < radius``) and outside (``d >= radius``) the disk
+    (NaN entries, i.e. frequencies not evaluated, are ignored)."""
+    h, w = heat.shape
+    d = torch.fft.fftshift(frequency_radius(h, w, dtype=torch.float64)).float()
+    low = d < radius
+
+    def mean(m: torch.Tensor) -> float:
+        v = heat[m & ~torch.isnan(heat)]
+        return float(v.mean()) if v.numel() else float("nan")
+    return {"mean": mean(torch.ones_like(low)), "low": mean(low), "high": mean(~low)}
+
+
+# --------------------------------------------------------------------------- band-limited attacks
+
+def band_filter(size: int | tuple[int, int], band="low", radius: float = 8.0, device="cpu") -> torch.Tensor | None:
+    """The FFT mask (unshifted layout, (H, W), float64) of a band; ``None`` for ``"full"``.
+
+    ``band``: ``"full"`` (no restriction), ``"low"`` (``d < radius``, DC included),
+    ``"high"`` (``d >= radius``, AdvCL's HFC), or a ring ``(r_in, r_out)`` (``r_in <= d < r_out``).
+    """
+    h, w = _size2(size)
+    if isinstance(band, str):
+        if band == "full":
+            return None
+        if band == "low":
+            return radial_mask((h, w), radius, device, torch.float64)
+        if band == "high":
+            return 1.0 - radial_mask((h, w), radius, device, torch.float64)
+    elif isinstance(band, (tuple, list)) and len(band) == 2:
+        return band_mask((h, w), float(band[0]), float(band[1]), device, torch.float64)
+    raise ValueError(f"band must be 'full', 'low', 'high' or a ring (r_in, r_out), got {band!r}")
+
+
+def band_name(band) -> str:
+    return band if isinstance(band, str) else f"{float(band[0]):g}-{float(band[1]):g}"
+
+
+def out_of_band_fraction(delta: torch.Tensor, band="low", radius: float = 8.0) -> torch.Tensor:
+    """Per image, the share of ``delta``'s spectral energy (DC included) outside ``band``. Shape (N,)."""
+    d4 = delta if delta.ndim == 4 else delta[None]
+    mask = band_filter(tuple(d4.shape[-2:]), band, radius, d4.device)
+    if mask is None:
+        return torch.zeros(len(d4), dtype=torch.float64, device=d4.device)
+    p = torch.fft.fft2(d4.double()).abs().pow(2).sum(1)
+    return (p * (1 - mask)).sum((-2, -1)) / p.sum((-2, -1)).clamp_min(1e-30)
+
+
+class BandLimitedPGD(PGD):
+    """L-inf PGD whose perturbation lives in one frequency band:
+    ``BandLimitedPGD(model, eps, alpha, steps, band="low", radius=8)(images, labels)``.
+
+    Each step, in this order:
+
+    1. ``d = P(sign(grad))``, with ``P`` the band filter, rescaled per image so that
+       ``max |d| = 1`` (a band-limited step then moves as far in L-inf as an ordinary
+       PGD step, whatever the band's width);
+    2. ``delta <- delta + alpha * d``;
+    3. projection, repeated ``refine`` times: ``delta <- P(delta)``, clip to
+       ``[-eps, eps]``, clip so that ``x + delta`` is in [0, 1].
+
+    Guarantees: the returned ``x_adv`` is in the eps-ball around ``x`` and in [0, 1]
+    exactly. It is in the band only approximately: clipping is the last operation, and
+    clipping re-creates a little out-of-band energy; the alternating projections
+    (``refine``) push delta towards the intersection of the band and the boxes, and
+    :func:`out_of_band_fraction` measures what is left (in this package's tests, under
+    0.1% of delta's energy with the default ``refine=10``, about 1% with ``refine=1``).
+    ``band="full"`` is ordinary PGD (no filter, no rescaling: the same steps as
+    :class:`~advcl_lite.attacks.PGD`).
+    The random start is uniform in the eps-ball, then projected the same way.
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 band="low", radius: float = 8.0, random_start: bool = True, refine: int = 10, loss: str = "ce",
+                 mode: str | None = "eval"):
+        super().__init__(model, eps, alpha, steps, random_start, loss, mode)
+        band_filter(8, band, radius)  # validates band and radius
+        if int(refine) != refine or refine < 1:
+            raise ValueError(f"refine={refine} must be a whole number >= 1")
+        self.band, self.radius, self.refine = band, float(radius), int(refine)
+
+    def _project(self, x: torch.Tensor, delta: torch.Tensor, mask) -> torch.Tensor:
+        for _ in range(self.refine if mask is not None else 1):
+            if mask is not None:
+                delta = apply_mask(delta, mask)
+            delta = delta.clamp(-self.eps, self.eps)
+            delta = (x + delta).clamp(0, 1) - x
+        return delta
+
+    def perturb(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_inputs(x)
+        x = x.detach()
+        mask = band_filter(tuple(x.shape[-2:]), self.band, self.radius, x.device)
+        with model_mode(self.model, self.mode):
+            delta = torch.zeros_like(x)
+            if self.random_start and self.eps > 0:
+                delta = self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps), mask)
+            for _ in range(self.steps):
+                x_adv = (x + delta).requires_grad_(True)
+                grad, = torch.autograd.grad(self._objective(x_adv, labels), x_adv)
+                with torch.no_grad():
+                    d = grad.sign()
+                    if mask is not None:
+                        d = apply_mask(d, mask)
+                        d = d / d.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
+                    delta = self._project(x, delta + self.alpha * d, mask)
+            return (x + delta).clamp(0, 1).detach()
+
+    __call__ = perturb
+
+    def _extra_repr(self):
+        return {"loss": self.loss, "band": self.band, "radius": self.radius, "refine": self.refine}
+
+
+def band_limited_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255,
+                     alpha: float = 2 / 255, steps: int = 10, band="low", radius: float = 8.0, *,
+                     random_start: bool = True, refine: int = 10) -> torch.Tensor:
+    """One batch through :class:`BandLimitedPGD`; returns ``x_adv`` (same shape as ``x``)."""
+    return BandLimitedPGD(model, eps, alpha, steps, band, radius, random_start, refine)(x, y)
+
+
+def accuracy_under_band_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                eps_list: Iterable[float] = (2 / 255, 4 / 255, 8 / 255), radius: float = 8.0, *,
+                                bands: Sequence = BANDS, alpha: float | None = None, steps: int = 10,
+                                refine: int = 10, batch_size: int = 256, device=None, seed: int | None = 0,
+                                progress: bool | None = None) -> list[dict]:
+    """Accuracy against full / low-only / high-only PGD for every eps: a list of records.
+
+    ``accuracy`` counts an image as correct only if it is classified correctly both
+    clean and under the attack, so it never exceeds ``clean_accuracy`` (and equals it at
+    eps = 0). ``alpha`` defaults to ``eps / 4`` (2/255 at 8/255). Each record:
+    ``band, eps, eps_255, radius, steps, n, clean_accuracy, accuracy, out_of_band``
+    (the mean share of delta's energy outside the band, see :class:`BandLimitedPGD`).
+    """
+    _check_xy(x, y)
+    eps_list = [float(e) for e in eps_list]
+    for e in eps_list:
+        check_attack_params(e, alpha if alpha is not None else e / 4, steps)
+    for b in bands:
+        band_filter(8, b, radius)
+    dev = _model_device(model, device)
+    n = len(x)
+    clean_ok = torch.zeros(n, dtype=torch.bool)
+    with torch.no_grad(), model_mode(model, "eval"):
+        for s in range(0, n, batch_size):
+            pred = model(x[s:s + batch_size].to(dev)).argmax(1).cpu()
+            clean_ok[s:s + batch_size] = pred == y[s:s + batch_size].cpu()
+    clean_acc = float(clean_ok.float().mean()) if n else float("nan")
+    from tqdm.auto import tqdm
+    jobs = [(e, b) for e in eps_list for b in bands]
+    records = []
+    with _seeded(seed, dev):
+        for e, b in tqdm(jobs, desc="band attacks", disable=not _progress(progress), leave=False):
+            ok = clean_ok.clone()
+            leak = torch.zeros(n, dtype=torch.float64)
+            if e > 0:
+                step = alpha if alpha is not None else e / 4
+                attack = BandLimitedPGD(model, e, step, steps, b, radius, refine=refine)
+                for s in range(0, n, batch_size):
+                    xb, yb = x[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev)
+                    x_adv = attack(xb, yb)
+                    with torch.no_grad(), model_mode(model, "eval"):
+                        adv_ok = (model(x_adv).argmax(1) == yb).cpu()
+                    ok[s:s + batch_size] &= adv_ok
+                    leak[s:s + batch_size] = out_of_band_fraction(x_adv - xb, b, radius).cpu()
+            records.append({"band": band_name(b), "eps": e, "eps_255": e * 255, "radius": float(radius),
+                            "steps": int(steps), "n": n, "clean_accuracy": clean_acc,
+                            "accuracy": float(ok.float().mean()) if n else float("nan"),
+                            "out_of_band": float(leak.mean()) if n else float("nan")})
+    return records
+
+
+# --------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_fourier_heat_map(heat: torch.Tensor, ax=None, title: str | None = None, radius: float | None = None,
+                          vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis", colorbar: bool = True):
+    """``imshow`` of a heat map (fftshift layout) on frequency axes ``j`` (x) and ``i`` (y), DC at (0, 0);
+    frequencies not evaluated (NaN) in grey; ``radius`` draws the HFC/LFC boundary. Returns the image."""
+    plt = _plt()
+    ax = ax or plt.gca()
+    h, w = heat.shape
+    i0, j0 = -(h // 2), -(w // 2)
+    cm = plt.get_cmap(cmap).with_extremes(bad="0.85")
+    im = ax.imshow(heat.detach().cpu().float().numpy(), origin="lower", cmap=cm, vmin=vmin, vmax=vmax,
+                   extent=(j0 - 0.5, j0 + w - 0.5, i0 - 0.5, i0 + h - 0.5), interpolation="nearest")
+    if radius is not None:
+        ax.add_patch(plt.Circle((0, 0), radius, fill=False, ls="--", lw=1.2, color="white"))
+    ax.set_xlabel("frequency j (width)")
+    ax.set_ylabel("frequency i (height)")
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="error rate")
+    return im
+
+
+def plot_heat_maps(maps: dict[str, torch.Tensor], radius: float | None = 8.0, norm: float | None = None):
+    """One heat map per encoder side by side, one shared colour scale [0, 1]. Returns the figure."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.6 * len(maps) + 0.8, 3.4), squeeze=False, constrained_layout=True)
+    im = None
+    for ax, (name, heat) in zip(axes[0], maps.items()):
+        s = heat_map_summary(heat, radius if radius is not None else 8.0)
+        im = plot_fourier_heat_map(heat, ax, f"{name}\nmean error {s['mean']:.2f}", radius, colorbar=False)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), fraction=0.046, pad=0.02, label="error rate")
+    if norm is not None:
+        fig.suptitle(f"Fourier heat map, perturbation norm {norm:g}")
+    return fig
+
+
+def plot_band_accuracy(records: Sequence[dict], axes=None, title: str | None = "Accuracy under band-limited PGD"):
+    """Accuracy vs eps (in /255): one panel per band, one line per ``encoder`` (if the records carry
+    that key). Each line starts at eps = 0 with that encoder's clean accuracy. Returns the figure."""
+    plt = _plt()
+    bands = list(dict.fromkeys(r["band"] for r in records))
+    encoders = list(dict.fromkeys(r.get("encoder", "") for r in records))
+    if axes is None:
+        fig, axes = plt.subplots(1, len(bands), figsize=(3.6 * len(bands) + 0.6, 3.3), sharey=True, squeeze=False,
+                                 constrained_layout=True)
+        axes = axes[0]
+    fig = axes[0].figure
+    for ax, b in zip(axes, bands):
+        for ei, enc in enumerate(encoders):
+            rs = sorted((r for r in records if r.get("encoder", "") == enc and r["band"] == b), key=lambda r: r["eps"])
+            if not rs:
+                continue
+            xs = [0.0] + [r["eps_255"] for r in rs]
+            ys = [rs[0]["clean_accuracy"]] + [r["accuracy"] for r in rs]
+            ax.plot(xs, ys, marker="o", ms=3, color=f"C{ei}", label=enc or None)
+        ax.set_title({"full": "full PGD", "low": f"low band only (d < {records[0]['radius']:g})",
+                      "high": f"high band only (d >= {records[0]['radius']:g})"}.get(b, f"band {b}"), fontsize=10)
+        ax.set_xlabel("eps (/255)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (clean and attacked correct)")
+    if any(encoders):
+        axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_frequency_explorer(model: nn.Module | dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                            radius: float = 8.0, eps: float = 8 / 255, *, steps: int = 10, image_index: int = 0,
+                            device=None, seed: int | None = 0):
+    """One figure (and its numbers) for a radius and an eps; notebook 05's widget redraws it.
+
+    One row per model (pass a dict ``{name: classifier}`` to compare encoders). Columns:
+    the PGD perturbation delta of image ``image_index`` (grey = 0, scaled to +-eps); its
+    low part (``d < radius``) and its high part (``d >= radius``), which add up to delta;
+    the log power spectrum of delta over the batch with the radius drawn; accuracy
+    clean and under full / low-only / high-only PGD at ``eps``
+    (:func:`accuracy_under_band_attacks`). Returns ``(fig, stats)`` with
+    ``stats[name] = {"hf_fraction", "clean", "full", "low", "high"}``.
+    """
+    from .frequency import high_pass, low_pass
+    plt = _plt()
+    models = model if isinstance(model, dict) else {"model": model}
+    fig, axes = plt.subplots(len(models), 5, figsize=(15, 3.1 * len(models)), squeeze=False, constrained_layout=True)
+    stats = {}
+    alpha = eps / 4
+    for row, (name, m) in zip(axes, models.items()):
+        delta = pgd_perturbations(m, x, y, eps, alpha, steps, device=device, seed=seed)
+        recs = accuracy_under_band_attacks(m, x, y, [eps], radius, bands=("low", "high"), alpha=alpha, steps=steps,
+                                           device=device, seed=seed, progress=False)
+        dev = _model_device(m)
+        with torch.no_grad(), model_mode(m, "eval"):
+            clean_ok = m(x.to(dev)).argmax(1).cpu() == y.cpu()
+            adv_ok = m((x + delta).clamp(0, 1).to(dev)).argmax(1).cpu() == y.cpu()
+        acc = {"full": float((clean_ok & adv_ok).float().mean())} | {r["band"]: r["accuracy"] for r in recs}
+        st = {"hf_fraction": high_frequency_fraction(delta, radius), "clean": recs[0]["clean_accuracy"], **acc}
+        stats[name] = st
+        d = delta[image_index:image_index + 1]
+        scale = max(eps, 1e-12)
+        parts = [(d, "delta (PGD)"), (low_pass(d, radius), f"low part, d < {radius:g}"),
+                 (high_pass(d, radius), f"high part, d >= {radius:g}")]
+        for ax, (img, label) in zip(row[:3], parts):
+            ax.imshow((0.5 + img[0] / (2 * scale)).clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_title(f"{name}: {label}" if label.startswith("delta") else label, fontsize=9)
+            ax.axis("off")
+        h, w = delta.shape[-2:]
+        ps = power_spectrum_2d(delta).clamp_min(1e-30).log10()
+        ax = row[3]
+        ax.imshow(ps.float().numpy(), origin="lower", cmap="magma",
+                  extent=(-(w // 2) - 0.5, w - w // 2 - 0.5, -(h // 2) - 0.5, h - h // 2 - 0.5))
+        ax.add_patch(plt.Circle((0, 0), radius, fill=False, ls="--", lw=1.2, color="cyan"))
+        ax.set_title(f"log10 power of delta; {100 * st['hf_fraction']:.0f}% at d >= {radius:g}", fontsize=9)
+        ax.set_xlabel("j")
+        ax.set_ylabel("i")
+        ax = row[4]
+        keys = ["clean"] + [b for b in BANDS if b in st]
+        ax.bar(keys, [st[k] for k in keys], color=["0.6"] + [f"C{k}" for k in range(len(keys) - 1)])
+        for k, key in enumerate(keys):
+            ax.text(k, st[key] + 0.02, f"{st[key]:.2f}", ha="center", fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(f"accuracy at eps = {eps * 255:.3g}/255 ({len(x)} images)", fontsize=9)
+    return fig, stats

@@ -1,0 +1,161 @@
+"""Throughput of one AdvCL training step on the CPU: anchors embedded once per batch vs the original's schedule.
+
+One step is what ``advcl_lite.pretrain`` does per batch with AdvCL (no pseudo-labels):
+views t1, t2, o, h = HFC(o); x_cl = PGD-5 on the 4-view contrastive loss from o
+against the clean anchors [t1, t2, h], the network in train mode as the original;
+the 4-view loss through the ``normal``/``pgd`` routes; backward; SGD step. fp32,
+channels_last, ``--threads`` torch threads (2 by default).
+
+Two anchor schedules, timed in the same run on the same inputs:
+
+* ``once``: advcl_lite's default, the clean anchors are embedded once per batch;
+* ``every step``: ``recompute_anchors=True``, the original code's schedule, re-embedding
+  them at every attack step (same perturbation, more forward passes).
+
+Per width, one subprocess times both schedules with their steps alternating (so a
+changing CPU load hits both alike), and each (width, schedule) then runs alone in its
+own subprocess for its peak resident memory (``ru_maxrss``). The width-64 (paper) encoder is
+about 16x the compute of width 16, so it runs at a smaller batch (``--full-batch``).
+The input is a batch of the real CIFAR-10 images embedded in the package.
+
+    python benchmarks/advcl_step.py                          # width 16 @ 128, width 64 @ 16, 1 warm-up + 3 steps
+    python benchmarks/advcl_step.py --batch 256 --steps 5    # more, slower
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
+    import torch
+
+    torch.set_num_threads(threads)
+    from advcl_lite.data import load_sample
+    from advcl_lite.models import to_channels_last
+    from advcl_lite.presets import get_preset
+    from advcl_lite.pretrain import PretrainStep, build_net
+
+    P = get_preset("benchmark", base_width=width, batch_size=batch, pgd_steps=pgd, attack_mode="train",
+                   amp="none", channels_last=True)
+    x = load_sample("train").tensors(batch)[0].contiguous(memory_format=torch.channels_last)
+    runners = {}
+    for recompute in recompute_list:
+        torch.manual_seed(0)
+        net = to_channels_last(build_net("advcl", width), True).train()
+        opt = torch.optim.SGD(net.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
+        step = PretrainStep("advcl", net, P, "hfc", 8.0, use_pseudo=False, recompute_anchors=recompute)
+        g = torch.Generator().manual_seed(0)
+
+        def one(step=step, opt=opt, g=g) -> float:
+            t0 = time.perf_counter()
+            loss = step(x, g)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return time.perf_counter() - t0
+        runners[recompute] = one
+    return runners, str(torch.__version__)
+
+
+def _rss_mib() -> float:
+    kb = 1 if sys.platform != "darwin" else 1024          # ru_maxrss: KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb / 1024
+
+
+def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int) -> dict:
+    """Both schedules in one process, their steps alternating, so a changing CPU load hits both alike."""
+    runners, version = _setup(width, batch, threads, pgd, (False, True))
+    times = {False: [], True: []}
+    for i in range(warmup + steps):
+        for recompute in ((False, True) if i % 2 == 0 else (True, False)):
+            dt = runners[recompute]()
+            if i >= warmup:
+                times[recompute].append(dt)
+    return {"times": {str(k): v for k, v in times.items()}, "torch": version}
+
+
+def child_mem(width: int, batch: int, recompute: bool, threads: int, pgd: int) -> dict:
+    """Peak resident memory of one configuration alone: set-up, then one step."""
+    runners, _ = _setup(width, batch, threads, pgd, (recompute,))
+    before = _rss_mib()
+    runners[recompute]()
+    return {"rss_setup_mib": before, "peak_rss_mib": _rss_mib()}
+
+
+def _child(args, kind: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps({"kind": kind, **kw})]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=128, help="batch size of the width-16 encoder (default 128)")
+    ap.add_argument("--full-batch", type=int, default=16, help="batch size of the width-64 encoder (default 16)")
+    ap.add_argument("--widths", default="16,64", help="encoder base widths (default 16,64)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per schedule (default 3)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--pgd", type=int, default=5, help="PGD steps of the attack (default 5, the paper's)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        kw = json.loads(args.child)
+        kind = kw.pop("kind")
+        print(json.dumps(child_time(**kw) if kind == "time" else child_mem(**kw)))
+        return 0
+
+    load0 = os.getloadavg()
+    t_all = time.perf_counter()
+    rows, ratios, version = [], {}, ""
+    for width in [int(w) for w in args.widths.split(",")]:
+        batch = args.batch if width < 64 else args.full_batch
+        common = {"width": width, "batch": batch, "threads": args.threads, "pgd": args.pgd}
+        timed = _child(args, "time", warmup=args.warmup, steps=args.steps, **common)
+        version = timed["torch"]
+        med = {}
+        for recompute in (False, True):
+            t = timed["times"][str(recompute)]
+            mem = _child(args, "mem", recompute=recompute, **common)
+            med[recompute] = min(t)          # other processes only ever add time: the fastest step is the estimate
+            rows.append({**common, "recompute": recompute, "median_s": statistics.median(t), "min_s": min(t),
+                         "max_s": max(t), "images_per_s": batch / min(t), **mem})
+            print(f"width {width} batch {batch} anchors {'every step' if recompute else 'once'}: "
+                  f"fastest {med[recompute]:.2f}s/step, peak {mem['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        ratios[width] = med[True] / med[False]
+    load1 = os.getloadavg()
+
+    print(f"\nOne AdvCL training step (PGD-{args.pgd} in train mode, 4 views, fp32, channels_last, "
+          f"{args.threads} torch threads) on {platform.processor() or platform.machine()} "
+          f"({os.cpu_count()} logical CPUs), torch {version}. Fastest of {args.steps} timed steps after "
+          f"{args.warmup} warm-up (other processes only add time), median beside it; "
+          f"the two schedules alternate step by step in one process. Peak RSS: each "
+          f"configuration alone in its own process (set-up + 1 step); 'of which the step' is the peak "
+          f"minus the RSS after set-up (torch, the data and the model).")
+    print("\n| encoder | batch | clean anchors embedded | s / step, fastest (median, slowest) | images / s (fastest) | peak RSS (MiB) "
+          "| of which the step (MiB) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        sched = "every attack step (original)" if r["recompute"] else "once per batch (advcl_lite)"
+        print(f"| width {r['width']} | {r['batch']} | {sched} | {r['min_s']:.2f} ({r['median_s']:.2f}, {r['max_s']:.2f}) "
+              f"| {r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_setup_mib']:.0f} |")
+    print()
+    for width, ratio in ratios.items():
+        print(f"width {width}: the original's schedule takes {ratio:.2f}x the time of once-per-batch anchors "
+              f"(fastest steps)")
+    print(f"\nload average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after, on {os.cpu_count()} logical CPUs; "
+          f"a load above the core count means other processes competed for the CPU and the absolute "
+          f"times are inflated. {time.perf_counter() - t_all:.0f}s in all.")
+    print(f"command: python benchmarks/advcl_step.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Shared test set-up.
+
+* Headless, quiet, small: ``MPLBACKEND=agg``, ``ADVCL_PROGRESS=0``, two torch threads, and
+  ``ADVCL_CACHE`` in a temporary folder for the whole session (nothing is written to ``~/.cache``).
+* ``tour_dirs``: one ``(out_dir, work_dir)`` pair for the session, so that every notebook test
+  shares the artifacts folder, as the tour does: a notebook that needs a SimCLR encoder loads the
+  one an earlier notebook test trained instead of training it again. Set ``ADVCL_TEST_TOUR_DIR``
+  to keep that folder between sessions (cached runs are reused only if their configuration matches).
+* ``run_nb("01", **params)``: run a notebook at the ``smoke`` preset through
+  :func:`advcl_lite.tour.run_notebook` in those folders and return its records; a second call with
+  the same arguments in the same session returns the first result without running it again.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["MPLBACKEND"] = "agg"
+os.environ["ADVCL_PROGRESS"] = "0"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADVCL_CACHE", str(tmp_path_factory.mktemp("advcl-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tour_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """``(out_dir, work_dir)`` shared by all notebook tests of the session (``work_dir = out_dir/artifacts``)."""
+    keep = os.environ.get("ADVCL_TEST_TOUR_DIR")
+    out = Path(keep).resolve() if keep else tmp_path_factory.mktemp("tour")
+    work = out / "artifacts"
+    work.mkdir(parents=True, exist_ok=True)
+    return out, work
+
+
+@pytest.fixture(scope="session")
+def run_nb(tour_dirs):
+    """``run_nb(name, **params) -> records``: execute notebook ``name`` (``"01"`` or a path) at ``smoke``.
+
+    ``params`` are extra notebook parameters (``preset=`` overrides ``smoke``). Figures are not
+    rendered (``agg``) to save time; each cell may take at most 15 minutes.
+    """
+    from advcl_lite.tour import run_notebook
+
+    out, work = tour_dirs
+    done: dict[tuple, dict] = {}
+
+    def run(name: str, **params) -> dict:
+        key = (str(name), tuple(sorted((k, repr(v)) for k, v in params.items())))
+        if key not in done:
+            done[key] = run_notebook(name, out, preset="smoke", data="sample", work_dir=work,
+                                     parameters=params, timeout=900, figures=False)
+        return dict(done[key])
+
+    return run

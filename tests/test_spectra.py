@@ -1,0 +1,283 @@
+"""Perturbation spectra, Fourier heat maps and band-limited attacks (advcl_lite.spectra)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from advcl_lite import spectra as S
+from advcl_lite.attacks import PGD
+from advcl_lite.frequency import radial_power_spectrum
+
+
+class LinearProbe2(nn.Module):
+    """Two-class linear classifier on a fixed pattern ``w``: logits (s, -s), s = <w, x - 0.5>.
+
+    Its gradient is +-w everywhere, so PGD's perturbation is eps * sign(w), and only
+    perturbations with a component along w can change its decision.
+    """
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.register_buffer("w", w)
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
+
+    def forward(self, x):
+        s = ((x - 0.5) * self.w).sum((1, 2, 3)) + 0 * self.anchor
+        return torch.stack([s, -s], 1)
+
+
+def tiny_convnet(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                         nn.Linear(64, 10)).eval()
+
+
+def mid_gray_images(n=32, seed=0):
+    """Images in [0.25, 0.75]: no perturbation below norm ~4 reaches the [0, 1] box."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.25 + 0.5 * torch.rand(n, 3, 32, 32, generator=g)
+
+
+def linear_model_on(i, j):
+    m = LinearProbe2(S.fourier_basis(32, i, j, 1.0, channels=3))
+    x = mid_gray_images()
+    y = m(x).argmax(1)   # labels = its own predictions: clean accuracy 1
+    return m, x, y
+
+
+# --------------------------------------------------------------------------- test images
+
+def test_class_interleaved_prefixes_are_class_balanced():
+    from advcl_lite.data import load_sample
+    ds = load_sample("test")                                     # stored sorted by class
+    x, y = S.class_interleaved(ds, 40, seed=3)
+    assert x.shape == (40, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    assert torch.bincount(y[:20], minlength=10).tolist() == [2] * 10
+    assert torch.bincount(y, minlength=10).tolist() == [4] * 10
+    x2, y2 = S.class_interleaved(ds, 40, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)             # seeded
+    i = int((ds.images.flatten(1).float().div(255) == x[0].flatten()).all(1).nonzero()[0])
+    assert ds.labels[i] == y[0]                                  # images keep their labels
+
+
+# --------------------------------------------------------------------------- Fourier basis
+
+@pytest.mark.parametrize("i,j", [(0, 0), (3, 4), (-5, 2), (16, 0), (16, 16), (7, -13)])
+def test_fourier_basis_is_real_has_the_norm_and_one_conjugate_pair(i, j):
+    u = S.fourier_basis(32, i, j, norm=4.0)
+    assert u.shape == (32, 32) and not u.is_complex()
+    assert u.norm().item() == pytest.approx(4.0, rel=1e-5)
+    spec = torch.fft.fft2(u.double()).abs()
+    support = {tuple(t) for t in (spec > 1e-6 * spec.max()).nonzero().tolist()}
+    assert support == {(i % 32, j % 32), ((-i) % 32, (-j) % 32)}
+
+
+def test_fourier_basis_channels_and_rectangular_size():
+    u = S.fourier_basis((16, 24), 2, 5, norm=2.0, channels=3)
+    assert u.shape == (3, 16, 24)
+    assert torch.allclose(u.flatten(1).norm(dim=1), torch.full((3,), 2.0))
+    with pytest.raises(ValueError):
+        S.fourier_basis(32, 1, 1, norm=-1.0)
+
+
+def test_heat_map_frequencies_one_per_conjugate_pair():
+    f = S.heat_map_frequencies(32)
+    assert len(f) == (32 * 32 + 4) // 2            # 4 self-conjugate bins (DC and the Nyquist ones)
+    keys = {(i % 32, j % 32) for i, j in f.tolist()}
+    mirrors = {((-i) % 32, (-j) % 32) for i, j in f.tolist()}
+    assert len(keys) == len(f) and keys | mirrors == {(a, b) for a in range(32) for b in range(32)}
+    coarse = S.heat_map_frequencies(32, max_freq=8, stride=4)
+    assert (coarse % 4 == 0).all() and coarse.abs().max() <= 8 and [0, 0] in coarse.tolist()
+
+
+# --------------------------------------------------------------------------- perturbation spectra
+
+def test_spectrum_of_a_single_frequency_peaks_at_its_radius():
+    r, p = radial_power_spectrum(S.fourier_basis(32, 3, 4, channels=3))
+    assert int(p.argmax()) == 5 and p[5].item() == pytest.approx(1.0)
+
+
+def test_pgd_perturbation_spectrum_peaks_at_the_models_frequency():
+    # against <w, x> with w a single frequency at radius 5, PGD's delta is eps * sign(w): a square
+    # wave whose fundamental (radius 5) dominates its odd harmonics (radius 15, 25 -> aliased)
+    m, x, y = linear_model_on(3, 4)
+    radii, power = S.perturbation_spectrum(m, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
+    assert int(power.argmax()) == 5 and power[5] > 0.5
+    delta = S.pgd_perturbations(m, x, y, steps=10)
+    assert delta.abs().max() <= 8 / 255 + 1e-6
+    assert S.high_frequency_fraction(delta, 8.0) < 0.2          # the fundamental is below r = 8
+    m2, x2, y2 = linear_model_on(9, 9)                          # radius 12.7, above r = 8
+    assert S.high_frequency_fraction(S.pgd_perturbations(m2, x2, y2), 8.0) > 0.8
+
+
+# --------------------------------------------------------------------------- Fourier heat map
+
+def test_heat_map_of_a_linear_model_lights_up_only_its_frequency():
+    m, x, y = linear_model_on(5, -9)
+    heat = S.fourier_heat_map(m, x, y, norm=4.0, sign="image", progress=False)
+    assert heat.shape == (32, 32) and not torch.isnan(heat).any()
+    assert ((heat >= 0) & (heat <= 1)).all()
+    lit = {tuple(t) for t in (heat > 0).nonzero().tolist()}
+    assert lit == {(16 + 5, 16 - 9), (16 - 5, 16 + 9)}           # fftshift layout, DC at (16, 16)
+    assert heat[21, 7] > 0.3                                     # norm 4 flips many small margins
+
+
+def test_heat_map_conjugate_symmetry_range_and_stride():
+    net = tiny_convnet()
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 10
+    heat = S.fourier_heat_map(net, x, y, norm=4.0, stride=4, progress=False)
+    assert heat.shape == (32, 32)
+    done = ~torch.isnan(heat)
+    assert int(done.sum()) == 8 * 8                              # i, j in {-16, -12, ..., 12}
+    assert ((heat[done] >= 0) & (heat[done] <= 1)).all()
+    assert (heat[done] * 8 == (heat[done] * 8).round()).all()    # error counts out of 8 images
+    mirror = torch.roll(heat.flip(0, 1), shifts=(1, 1), dims=(0, 1))   # entry of (-i, -j)
+    assert torch.equal(torch.isnan(mirror), ~done) and torch.equal(mirror[done], heat[done])
+    s = S.heat_map_summary(heat, 8.0)
+    assert 0 <= s["low"] <= 1 and 0 <= s["high"] <= 1
+    again = S.fourier_heat_map(net, x, y, norm=4.0, stride=4, progress=False)
+    assert torch.equal(torch.isnan(again), ~done) and torch.equal(again[done], heat[done])  # seeded
+
+
+# --------------------------------------------------------------------------- band-limited attacks
+
+def images_with_saturated_pixels(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    x[:, :, :4] = 1.0
+    x[:, :, -4:] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("band", ["low", "high", (4, 12)])
+def test_band_limited_pgd_stays_in_the_ball_the_box_and_near_the_band(band):
+    net = tiny_convnet()
+    x = images_with_saturated_pixels()
+    y = torch.arange(len(x)) % 10
+    eps = 8 / 255
+    x_adv = S.band_limited_pgd(net, x, y, eps, 2 / 255, 5, band=band, radius=8)
+    delta = x_adv - x
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert delta.abs().max() <= eps + 1e-6
+    assert delta.abs().max() > 0.5 * eps                         # it does move
+    leak = S.out_of_band_fraction(delta, band, 8)
+    assert leak.max() < 1e-3, leak.max()                         # clipping leaves little outside the band
+    once = S.band_limited_pgd(net, x, y, eps, 2 / 255, 5, band=band, radius=8, refine=1) - x
+    assert S.out_of_band_fraction(once, band, 8).mean() > 3 * leak.mean()   # the alternating projections help
+    # without the perturbation being projected, a plain PGD delta is far from band-limited
+    plain = PGD(net, eps, 2 / 255, 5)(x, y) - x
+    assert S.out_of_band_fraction(plain, band, 8).mean() > 5 * leak.mean()
+
+
+def test_low_band_projection_alone_is_exactly_low_pass():
+    # with an eps too large to clip and images far from the box, the projection is the filter itself
+    net = tiny_convnet()
+    x = torch.full((4, 3, 32, 32), 0.5)
+    y = torch.zeros(4, dtype=torch.long)
+    delta = S.band_limited_pgd(net, x, y, eps=0.45, alpha=0.01, steps=3, band="low", radius=8) - x
+    assert delta.abs().max() < 0.45
+    assert S.out_of_band_fraction(delta, "low", 8).max() < 1e-10
+
+
+def test_full_band_is_ordinary_pgd():
+    net = tiny_convnet()
+    x = images_with_saturated_pixels(8)
+    y = torch.arange(8) % 10
+    torch.manual_seed(3)
+    a = S.band_limited_pgd(net, x, y, 8 / 255, 2 / 255, 3, band="full")
+    torch.manual_seed(3)
+    b = PGD(net, 8 / 255, 2 / 255, 3)(x, y)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_band_attacks_on_a_high_frequency_classifier():
+    # <w, delta> = 0 for delta in the low band, so a low-only attack cannot move a classifier that
+    # reads a single high frequency (radius 12.7 > 8), while a high-only attack can
+    m, x, y = linear_model_on(9, 9)
+    recs = S.accuracy_under_band_attacks(m, x, y, [0.0, 8 / 255], radius=8, steps=10, progress=False)
+    acc = {(r["band"], round(r["eps_255"])): r for r in recs}
+    assert len(recs) == 6 and all(r["clean_accuracy"] == 1.0 for r in recs)
+    assert all(acc[(b, 0)]["accuracy"] == 1.0 for b in S.BANDS)        # eps 0: clean accuracy
+    assert acc[("low", 8)]["accuracy"] == 1.0
+    assert acc[("high", 8)]["accuracy"] < 0.1
+    assert acc[("full", 8)]["accuracy"] < 0.1
+    assert acc[("low", 8)]["out_of_band"] < 1e-3 and acc[("full", 8)]["out_of_band"] == 0.0
+
+
+def test_band_accuracy_never_exceeds_clean_accuracy():
+    net = tiny_convnet()
+    x = images_with_saturated_pixels(24)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    y[::2] = (y[::2] + 1) % 10                                    # half the images wrong when clean
+    recs = S.accuracy_under_band_attacks(net, x, y, [2 / 255, 8 / 255], radius=8, steps=3, batch_size=10,
+                                         progress=False)
+    assert recs[0]["clean_accuracy"] == pytest.approx(0.5)
+    assert all(0 <= r["accuracy"] <= r["clean_accuracy"] for r in recs)
+    assert {r["band"] for r in recs} == {"full", "low", "high"} and all(r["n"] == 24 for r in recs)
+
+
+def test_bad_arguments_name_the_problem():
+    net = tiny_convnet()
+    x, y = torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="band"):
+        S.band_limited_pgd(net, x, y, band="middle")
+    with pytest.raises(ValueError, match="8/255"):
+        S.accuracy_under_band_attacks(net, x, y, [8], progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        S.fourier_heat_map(net, x * 255, y, progress=False)
+    with pytest.raises(ValueError, match="sign"):
+        S.fourier_heat_map(net, x, y, sign="pixel", progress=False)
+    assert "band='low'" in repr(S.BandLimitedPGD(net, band="low"))
+
+
+# --------------------------------------------------------------------------- plots
+
+def test_plots_and_the_frequency_explorer(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, x, y = linear_model_on(9, 9)
+    fig, stats = S.plot_frequency_explorer({"hf-linear": m}, x[:16], y[:16], radius=8, eps=8 / 255, steps=10)
+    st = stats["hf-linear"]
+    assert st["clean"] == 1.0 and st["low"] == 1.0 and st["high"] < 0.1 and st["full"] < 0.1
+    assert st["hf_fraction"] > 0.8
+    assert len(fig.axes) == 5
+    fig.savefig(tmp_path / "explorer.png")
+    heat = S.fourier_heat_map(m, x[:4], y[:4], stride=8, progress=False)
+    fig = S.plot_heat_maps({"a": heat, "b": heat}, radius=8, norm=4)
+    fig.savefig(tmp_path / "heat.png")
+    recs = S.accuracy_under_band_attacks(m, x[:8], y[:8], [4 / 255], steps=2, progress=False)
+    recs = [dict(r, encoder=e) for e in ("a", "b") for r in recs]
+    fig = S.plot_band_accuracy(recs)
+    assert len(fig.axes) == 3 and all(len(ax.lines) == 2 for ax in fig.axes)   # a panel per band, a line per encoder
+    assert list(fig.axes[1].lines[0].get_ydata()) == [1.0, recs[1]["accuracy"]]  # starts at the clean accuracy
+    plt.close("all")
+
+
+# --------------------------------------------------------------------------- notebook 05
+
+@pytest.mark.slow
+def test_notebook_05_smoke(run_nb):
+    rec = run_nb("05")
+    encoders = {"SimCLR", "ACL", "AdvCL"}
+    for name in ("spectra_clean_accuracy", "spectra_hf_fraction", "heat_map_mean_error", "heat_map_error_low",
+                 "heat_map_error_high", "band_attack_accuracy"):
+        assert set(rec[name]) == encoders, name
+    for name in ("spectra_clean_accuracy", "spectra_hf_fraction", "heat_map_mean_error", "heat_map_error_low",
+                 "heat_map_error_high"):
+        assert all(0.0 <= v <= 1.0 for v in rec[name].values()), name
+    # random sign noise spreads its energy evenly: 831 of the 1023 non-DC bins of 32x32 lie at d >= 8
+    assert rec["spectra_hf_fraction_noise"] == pytest.approx(831 / 1023, abs=0.03)
+    # natural images hold most of their energy below r = 8 (the premise of the LFC/HFC split)
+    assert 0.0 < rec["image_hf_fraction"] < 0.5
+    assert rec["band_attack_eps_255"] == 8
+    for name, acc in rec["band_attack_accuracy"].items():
+        assert set(acc) == {"full", "low", "high"}
+        # accuracy counts clean-and-attacked-correct images, so it cannot exceed the clean accuracy
+        clean = rec["band_attack_clean_accuracy"][name]
+        assert all(0.0 <= v <= clean for v in acc.values())
+    assert rec["band_attack_max_out_of_band"] < 1e-3
+    assert set(rec["spectra_seconds"]) == {"classifiers", "spectra", "heat_maps", "band_attacks", "explorer"}
