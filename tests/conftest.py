@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-* Headless, quiet, small: ``MPLBACKEND=agg``, ``ADVCL_PROGRESS=0``, two torch threads, and
+* Headless, quiet, small: ``MPLBACKEND=agg``, ``ADVCL_PROGRESS=0``, one torch thread, and
   ``ADVCL_CACHE`` in a temporary folder for the whole session (nothing is written to ``~/.cache``).
 * ``tour_dirs``: one ``(out_dir, work_dir)`` pair for the session, so that every notebook test
   shares the artifacts folder, as the tour does: a notebook that needs a SimCLR encoder loads the
@@ -19,9 +19,11 @@ os.environ["MPLBACKEND"] = "agg"
 os.environ["ADVCL_PROGRESS"] = "0"
 
 import pytest  # noqa: E402
+import os
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
