@@ -100,6 +100,16 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
     return payload
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (identifies the checkpoint a result came from)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> dict[str, torch.Tensor]:
     """Remove DataParallel / torch.compile wrapper prefixes from every key."""
     out = {}

@@ -118,14 +118,7 @@ class FeatureExtractor(nn.Module):
 
 # --------------------------------------------------------------------------- inputs
 
-def _sha256_file(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
+from .checkpoint import sha256_file  # noqa: E402
 
 def _sha256_state(module: nn.Module) -> str:
     import hashlib
@@ -150,7 +143,7 @@ def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[
         enc = export_encoder(net, r)
         keep = ("method", "run_name", "routes", "base_width", "pseudo_ks", "seed", "epochs", "epoch",
                 "dataset", "image_size", "config")
-        info = {"source": "checkpoint", "class": "ResNet18", "path": str(path), "sha256": _sha256_file(path),
+        info = {"source": "checkpoint", "class": "ResNet18", "path": str(path), "sha256": sha256_file(path),
                 "route": r, "method": meta.get("method"), "run_name": meta.get("run_name"),
                 "image_size": meta.get("image_size"), "base_width": enc.base_width,
                 "pretrain_meta": {k: meta[k] for k in keep if k in meta}}

@@ -59,18 +59,8 @@ class PseudoLabelsNotFound(FileNotFoundError):
 
 # --------------------------------------------------------------------------- helpers
 
-def _progress_enabled(progress: bool | None) -> bool:
-    if progress is not None:
-        return bool(progress)
-    return os.environ.get("ADVCL_PROGRESS", "1") not in ("0", "false", "no")
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from .checkpoint import sha256_file as _sha256_file  # noqa: E402
+from .pretrain import progress_enabled as _progress_enabled  # noqa: E402
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
