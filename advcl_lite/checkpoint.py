@@ -31,13 +31,20 @@ class CheckpointError(RuntimeError):
 
 
 def _plain(obj: Any) -> Any:
-    """Make metadata safe for weights_only loading (tuples -> lists, paths -> str)."""
+    """Make metadata safe for weights_only loading (tuples -> lists, paths -> str).
+
+    Subclasses of the plain types (e.g. ``torch.__version__``, a ``str`` subclass, or an
+    ``IntEnum``) become the plain type: the weights-only unpickler refuses them.
+    """
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
+    if obj is None:
+        return None
+    for t in (bool, int, float, str):
+        if isinstance(obj, t):
+            return t(obj) if type(obj) is not t else obj
     if isinstance(obj, torch.Tensor):
         return obj
     return str(obj)
@@ -82,8 +89,17 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for broken files
+        msg = str(e)
+        if "weights only load failed" in msg.lower():
+            # torch's message suggests weights_only=False; advcl_lite never does that, so keep only the reason
+            lines = [ln.strip() for ln in msg.splitlines() if "unsupported" in ln.lower() or "unpickler error" in ln.lower()]
+            if any("unsupported global" in ln.lower() for ln in lines):
+                raise CheckpointError(f"checkpoint {str(path)!r} holds Python objects other than tensors and plain "
+                                      f"containers ({lines[0][:160]}), so it was not written by advcl_lite and is not "
+                                      f"loaded (advcl_lite loads only with weights_only=True); re-create it") from None
+            msg = lines[0] if lines else "not a readable checkpoint"
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                              f"({type(e).__name__}: {msg.splitlines()[0][:200] if msg else ''}); "
                               f"re-create it, or resume from an earlier one") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an advcl_lite checkpoint (no format tag); "

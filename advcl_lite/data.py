@@ -123,18 +123,34 @@ def train_val_split(ds: ImageDataset, val_fraction: float, seed: int = 0) -> tup
     return ds.subset(tr, split=f"{ds.split}-train"), ds.subset(va, split=f"{ds.split}-val")
 
 
+def class_interleaved_order(ds: ImageDataset, seed: int = 0) -> list[int]:
+    """All indices of ``ds`` in a seeded round-robin over the classes (0, 1, ..., C-1, 0, 1, ...).
+
+    Within each class the order is shuffled with ``seed``; every prefix is as class-balanced as
+    it can be, even for a dataset stored sorted by class (like the embedded sample's test split).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    per_class = [torch.nonzero(ds.labels == c).flatten() for c in range(ds.num_classes)]
+    per_class = [p[torch.randperm(len(p), generator=g)] for p in per_class]
+    return [int(p[i]) for i in range(max((len(p) for p in per_class), default=0)) for p in per_class if i < len(p)]
+
+
 def class_balanced_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
     """The first ``n`` images of a seeded, class-interleaved order (all if ``n`` is None or >= len)."""
     if n is None or n >= len(ds):
         return ds
-    g = torch.Generator().manual_seed(seed)
-    per_class = [torch.nonzero(ds.labels == c).flatten() for c in range(ds.num_classes)]
-    per_class = [p[torch.randperm(len(p), generator=g)] for p in per_class]
-    order = []
-    for i in range(max(len(p) for p in per_class)):
-        order.extend(int(p[i]) for p in per_class if i < len(p))
-    idx = torch.tensor(sorted(order[:n]))
+    idx = torch.tensor(sorted(class_interleaved_order(ds, seed)[:n]))
     return ds.subset(idx, split=f"{ds.split}[{n}]")
+
+
+def class_interleaved(ds: ImageDataset, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images of ``ds`` in :func:`class_interleaved_order` (so ``x[:k]`` is balanced for any k).
+
+    Returns ``(x, y)``: float (n, 3, H, W) in [0, 1] and int64 (n,), on the CPU.
+    """
+    order = class_interleaved_order(ds, seed)
+    idx = torch.tensor(order[:n] if n is not None else order, dtype=torch.long)
+    return ds.images[idx].float().div_(255), ds.labels[idx].clone()
 
 
 # --------------------------------------------------------------------------- sources
@@ -177,6 +193,10 @@ def _split_files(names: list[str], split: str, where: str) -> tuple[list[str], l
         splits_seen = sorted({p[-3] for p in parts if len(p) >= 3})
         if splits_seen and any(s in ("train", "test", "val") for s in splits_seen):
             raise DataError(f"{where} has no {split!r} split (found: {', '.join(splits_seen)}); pass split= one of those")
+        if split != "train":
+            raise DataError(f"{where} has no split folders, so all its images form one training split; split={split!r} "
+                            f"would silently reuse the training images. Put held-out images under {split}/<class>/ "
+                            f"(beside train/<class>/), or pass a separate folder of them")
         chosen = [p for p in parts if len(p) >= 2]
     if not chosen:
         raise DataError(f"{where} holds no images in ImageFolder layout (<split>/<class>/<image>)")

@@ -142,7 +142,7 @@ def radial_power_spectrum(x: torch.Tensor, normalize: bool = True) -> tuple[torc
 
     Averages |FFT2|^2 over the batch and channels, then over rings of integer
     radius (bin k holds k - 0.5 <= distance < k + 0.5). Returns ``(radii, power)``,
-    both 1-D of length floor(max radius) + 1; with ``normalize`` the power sums to 1.
+    both 1-D of length round(max radius) + 1; with ``normalize`` the power sums to 1.
     """
     _check_images(x)
     x4 = x if x.ndim == 4 else x[None]

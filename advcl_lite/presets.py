@@ -77,17 +77,17 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="Laptop CPU, minutes: width-16 encoder, PGD-3, a few epochs on real images.",
-        train_subset=None, base_width=16, batch_size=256, epochs=5, lr=0.25, warmup_epochs=1,
-        pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=10, ft_pgd_steps=5,
-        ft_subset=None, eval_n=1000, aa_n=0,
+        description="Laptop CPU, minutes: width-16 encoder, 4,000 images, 4 epochs, PGD-3 (see BENCHMARKS.md).",
+        train_subset=4000, base_width=16, batch_size=256, epochs=4, lr=0.25, warmup_epochs=1,
+        pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=5, ft_lr=0.1, ft_batch_size=128,
+        ft_pgd_steps=3, ft_subset=5000, eval_n=1000, aa_n=0,
     ),
     "benchmark": Preset(
         name="benchmark",
         description="About an hour on 2 CPU cores, on full CIFAR-10: the results report of BENCHMARKS.md.",
-        data="cifar10", train_subset=10000, base_width=16, batch_size=256, epochs=10, lr=0.25,
-        warmup_epochs=1, pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=10,
-        ft_pgd_steps=5, ft_subset=None, eval_n=2000, aa_n=0,
+        data="cifar10", train_subset=10000, base_width=16, batch_size=256, epochs=5, lr=0.25,
+        warmup_epochs=1, pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=5, ft_lr=0.1,
+        ft_batch_size=128, ft_pgd_steps=3, ft_subset=10000, eval_n=2000, aa_n=0,
     ),
     "paper": Preset(
         name="paper",
@@ -134,6 +134,8 @@ def apply_overrides(base: Preset, overrides: dict[str, Any]) -> Preset:
 def _coerce(key: str, value: Any, current: Any) -> Any:
     if value is None:
         return None
+    if key in ("train_subset", "ft_subset") and isinstance(value, str) and value.strip().lower() in ("none", "all"):
+        return None  # --set train_subset=all: every image of the split
     try:
         if key == "pseudo_ks":
             if isinstance(value, str):

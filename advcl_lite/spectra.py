@@ -12,8 +12,9 @@ frequencies is a classifier sensitive to? A *classifier* here is any
   robustness": the error rate under ``x + r * v * U_ij`` for every frequency
   ``(i, j)``, with ``U_ij`` a real Fourier basis image of unit L2 norm
   (:func:`fourier_basis`), ``v`` the norm and ``r`` a random sign.
-* :func:`class_interleaved` - test images in class order 0, 1, ..., 9, 0, 1, ... so that
-  any prefix ``x[:k]`` is class-balanced (each analysis uses a prefix).
+* :func:`~advcl_lite.data.class_interleaved` (re-exported here) - test images in class
+  order 0, 1, ..., 9, 0, 1, ... so that any prefix ``x[:k]`` is class-balanced (each
+  analysis uses a prefix).
 * :class:`BandLimitedPGD` / :func:`band_limited_pgd` - PGD whose perturbation is
   restricted to the low (``d < radius``) or high (``d >= radius``) frequencies, and
   :func:`accuracy_under_band_attacks`, accuracy against full / low-only / high-only
@@ -41,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from .attacks import PGD, check_attack_params, check_inputs, model_mode
+from .data import class_interleaved  # noqa: F401 - re-exported for the spectra notebook
 from .device import resolve_device
 from .frequency import apply_mask, band_mask, energy_fraction, frequency_radius, radial_mask, radial_power_spectrum
 
@@ -80,22 +82,6 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
 def _progress(progress: bool | None):
     from .pretrain import progress_enabled
     return progress_enabled(progress)
-
-
-def class_interleaved(ds, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` images of an :class:`~advcl_lite.data.ImageDataset` in a seeded round-robin over the classes.
-
-    Within each class the order is shuffled (``seed``); the images then come class 0, 1, ..., C-1,
-    0, 1, ... so that *every prefix* ``x[:k]`` is as class-balanced as it can be (a dataset stored
-    sorted by class, like the embedded sample's test split, would otherwise give one class first).
-    Returns ``(x, y)``: float (n, 3, H, W) in [0, 1] and int64 (n,), on the CPU.
-    """
-    g = torch.Generator().manual_seed(int(seed))
-    per = [torch.nonzero(ds.labels == c).flatten() for c in range(ds.num_classes)]
-    per = [p[torch.randperm(len(p), generator=g)] for p in per]
-    order = [int(p[i]) for i in range(max((len(p) for p in per), default=0)) for p in per if i < len(p)]
-    idx = torch.tensor(order[:n] if n is not None else order, dtype=torch.long)
-    return ds.images[idx].float().div_(255), ds.labels[idx].clone()
 
 
 # --------------------------------------------------------------------------- perturbation spectra

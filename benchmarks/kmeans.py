@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--dim", type=int, default=512, help="synthetic feature dimension")
     ap.add_argument("--width", type=int, default=16, help="ResNet-18 width for --features real (8w-d features)")
-    ap.add_argument("--data", default="/work/shared/data/cifar10-jpeg.zip", help="images for --features real")
+    ap.add_argument("--data", default="../shared/data/cifar10-jpeg.zip", help="images for --features real")
     ap.add_argument("--ks", default="2,10,50,100,500")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare", action="store_true", help="also time scikit-learn's default KMeans and MiniBatchKMeans")

@@ -6,12 +6,16 @@ ImageFolder / torchvision dataset given with --data):
 * pretraining: SimCLR, ACL, AdvCL (HFC view), and - at the first seed only -
   AdvCL with pseudo-labels (k-means on that seed's SimCLR features), AdvCL with
   the LFC view instead of HFC, and AdvCL without the fourth view;
-* finetuning: SLF for every encoder, ALF for every encoder at the first seed
-  (AFF with --aff);
+* finetuning: SLF for every encoder; ALF at the first seed for SimCLR, ACL, AdvCL
+  and AdvCL with pseudo-labels (``--alf-all``: every encoder; AFF with --aff);
 * evaluation: SA and PGD-20 RA on the preset's ``eval_n`` test images, with
   95% Wilson intervals.
 
-Everything is cached under --out (a second call only reports). Writes
+Everything is cached under --out (a second call only reports; an interrupted
+call resumes at the first missing stage). The finetuning validation split
+(held out from the training images) is what settings were chosen on; its
+accuracy is stored beside each test number (``val_sa``, ``val_ra`` for ALF).
+Writes, after every evaluation,
 ``results.json`` / ``results.csv`` and ``results.md`` (a markdown table) there,
 and ``results.png``.
 
@@ -44,6 +48,10 @@ def label(method: str, view: str, pseudo: bool) -> str:
     return "AdvCL" + {"hfc": "", "lfc": " (LFC view)", "none": " (no 4th view)"}[view] + (" + pseudo-labels" if pseudo else "")
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{v * 100:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick")
@@ -55,6 +63,7 @@ def main() -> None:
     ap.add_argument("--aff", action="store_true", help="also run AFF (TRADES) at the first seed")
     ap.add_argument("--no-extra", action="store_true", help="only the headline methods")
     ap.add_argument("--no-alf", action="store_true")
+    ap.add_argument("--alf-all", action="store_true", help="ALF for the ablations too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"benchmarks/out/{args.preset}")
@@ -84,36 +93,42 @@ def main() -> None:
             pt_secs = sum(h["seconds"] for h in res.history)
             name = label(method, view, pseudo)
             stage_times.append({"stage": f"pretrain {name}", "seed": seed, "seconds": pt_secs})
-            schemes = ["slf"] + ([] if (si > 0 or args.no_alf) else ["alf"]) + (["aff"] if (args.aff and si == 0) else [])
+            alf = si == 0 and not args.no_alf and (args.alf_all or view == "hfc")
+            schemes = ["slf"] + (["alf"] if alf else []) + (["aff"] if (args.aff and si == 0) else [])
             for scheme in schemes:
                 ft_dir = work / "finetune" / f"{res.checkpoint.parent.name}-{scheme}"
                 t0 = time.perf_counter()
                 if (ft_dir / "model.pt").exists():
                     model, ft_meta = load_finetuned(ft_dir / "model.pt", device=args.device)
-                    ft_secs = ft_meta.get("seconds", float("nan"))
                 else:
                     ft = finetune(res.checkpoint, scheme, P, data=train_full, out_dir=ft_dir, device=args.device)
-                    model, ft_secs = ft.model, ft.seconds
+                    model, ft_meta = ft.model, ft.meta
+                ft_secs = ft_meta.get("seconds", float("nan"))
+                val = ft_meta.get("val_metrics") or {}
                 t1 = time.perf_counter()
                 r = evaluate(model, test, attack="pgd20", n=P.eval_n, device=args.device, seed=seed)
                 ev_secs = time.perf_counter() - t1
                 print(f"[seed {seed}] {name:34s} {scheme.upper()}: {format_result(r)}", flush=True)
                 records.append(make_record(name, scheme.upper(), train_full.name, test.name, r, P.name, seed,
                                            ft_secs, pretrain_seconds=pt_secs, eval_seconds=ev_secs,
-                                           train_images=len(pretrain_dataset(P, train_full))))
+                                           train_images=len(pretrain_dataset(P, train_full)),
+                                           val_sa=val.get("val_sa"), val_ra=val.get("val_ra"), val_n=val.get("val_n"),
+                                           best_epoch=ft_meta.get("best_epoch")))
+                save_records(records, out / "results.json")  # after every row: an interrupted call keeps them
     save_records(records, out / "results.json")
     save_records(records, out / "results.csv")
     (out / "stage_times.json").write_text(json.dumps(stage_times, indent=1))
-    fig = plot_results(records)
+    fig = plot_results(records, metrics=("sa", "ra"))
     fig.savefig(out / "results.png", dpi=80, bbox_inches="tight")
     total = time.perf_counter() - t_all
     lines = [f"Preset `{args.preset}`, data `{args.data}`, seeds {args.seeds}, {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads; this call took {total / 60:.1f} min (cached stages excluded).", "",
-             "| method | scheme | seed | SA % [95% CI] | RA PGD-20 % [95% CI] | n | pretrain s | finetune s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | scheme | seed | SA % [95% CI] | RA PGD-20 % [95% CI] | n | val SA / RA % | pretrain s | finetune s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         lines.append(f"| {r['method']} | {r['scheme']} | {r['seed']} | {r['sa'] * 100:.1f} [{r['sa_ci'][0] * 100:.1f}, {r['sa_ci'][1] * 100:.1f}] "
                      f"| {r['ra'] * 100:.1f} [{r['ra_ci'][0] * 100:.1f}, {r['ra_ci'][1] * 100:.1f}] | {r['n']} "
+                     f"| {_pct(r.get('val_sa'))} / {_pct(r.get('val_ra'))} "
                      f"| {r['pretrain_seconds']:.0f} | {r['seconds']:.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

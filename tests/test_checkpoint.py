@@ -120,9 +120,23 @@ def test_weights_only_refuses_pickled_code(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "advcl_lite", "format_version": 1, "kind": "pretrain", "meta": {},
                 "state_dict": {}, "payload": _Evil(str(target))}, evil)
-    with pytest.raises(CheckpointError, match=r"evil\.pt"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*not written by advcl_lite") as info:
         load_checkpoint(evil)
     assert not target.exists(), "loading must not run code stored in the file"
+    assert "weights_only=False" not in str(info.value), "never suggest the unsafe loader"
+
+
+def test_metadata_subclasses_of_plain_types_are_stored_plain(tmp_path, net):
+    import enum
+
+    class Mode(enum.IntEnum):
+        A = 3
+
+    path = save_checkpoint(tmp_path / "v.pt", kind="pretrain", state_dict=net.state_dict(),
+                           meta={"torch": torch.__version__, "mode": Mode.A, "flag": True})
+    meta = load_checkpoint(path)["meta"]
+    assert meta == {"torch": str(torch.__version__), "mode": 3, "flag": True}
+    assert type(meta["torch"]) is str and type(meta["mode"]) is int and type(meta["flag"]) is bool
 
 
 def test_mismatched_keys_and_shapes_fail_loudly(tmp_path, net):

@@ -147,6 +147,8 @@ def test_single_split_folder_mixed_sizes_and_resize(tmp_path):
         load_image_folder(root, cache=False)
     ds = load_image_folder(root, image_size=6, cache=False)
     assert ds.images.shape == (3, 3, 6, 6) and ds.classes == ["a", "b"]
+    with pytest.raises(DataError, match=r"no split folders.*split='test' would silently reuse the training images"):
+        load_image_folder(root, "test", image_size=6, cache=False)
     write_png(tmp_path / "wide" / "a" / "0.png", np.zeros((4, 8, 3), np.uint8))
     with pytest.raises(DataError, match="4x8, not square"):
         load_image_folder(tmp_path / "wide", cache=False)

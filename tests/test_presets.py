@@ -50,6 +50,8 @@ def test_overrides_from_python_and_from_cli_strings():
         (4, 0.03, False, (2, 10), 500, "train", "bf16")
     assert isinstance(s.epochs, int) and isinstance(s.eps, float)
     assert get_preset("quick", train_subset=None).train_subset is None
+    assert get_preset("quick", train_subset="all").train_subset is None  # as --set train_subset=all
+    assert get_preset("quick", ft_subset="None").ft_subset is None
     assert get_preset(p, seed=5).seed == 5 and get_preset(p) == p
     assert p.replace(epochs=2).epochs == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
