@@ -87,7 +87,7 @@ PRESETS: dict[str, Preset] = {
         description="About an hour on 2 CPU cores, on full CIFAR-10: the results report of BENCHMARKS.md.",
         data="cifar10", train_subset=10000, base_width=16, batch_size=256, epochs=5, lr=0.25,
         warmup_epochs=1, pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=5, ft_lr=0.1,
-        ft_batch_size=128, ft_pgd_steps=3, ft_subset=10000, eval_n=2000, aa_n=0,
+        ft_batch_size=128, ft_pgd_steps=3, ft_subset=5000, eval_n=2000, aa_n=0,
     ),
     "paper": Preset(
         name="paper",
