@@ -36,6 +36,8 @@ from typing import Any, Iterator, Sequence
 RECORD_ENV = "ADVCL_RECORD_FILE"
 NOTEBOOKS_ENV = "ADVCL_NOTEBOOKS"
 KNOWN_DATA = ("sample", "cifar10", "cifar100", "stl10")
+HEADLESS_ENV = "ADVCL_HEADLESS"   # set by run_notebook: executed without a frontend (papermill)
+
 # a non-GUI backend that still embeds figures in the executed notebook ("agg" embeds none)
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
@@ -255,7 +257,10 @@ def run_notebook(notebook: str | os.PathLike, out_dir: str | os.PathLike, preset
     records_file = out / f"{name}.records.json"
     records_file.unlink(missing_ok=True)
     params = {"preset": str(preset), "data": _resolve_data(data), "work_dir": str(work), **(parameters or {})}
-    env = {"MPLBACKEND": INLINE_BACKEND if figures else "agg", "ADVCL_PROGRESS": "0", RECORD_ENV: str(records_file)}
+    # ADVCL_HEADLESS: no frontend will ever answer a widget, and ipywidgets' interact can leave
+    # papermill/nbclient waiting forever (nbclient issue 312, papermill issue 723): viz.widget skips it
+    env = {"MPLBACKEND": INLINE_BACKEND if figures else "agg", "ADVCL_PROGRESS": "0", RECORD_ENV: str(records_file),
+           HEADLESS_ENV: "1"}
     t0 = time.perf_counter()
     try:
         with _environ(**env):

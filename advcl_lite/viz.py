@@ -22,6 +22,23 @@ import torch
 from .frequency import energy_fraction, high_pass, low_pass, radial_mask, radial_power_spectrum
 
 
+def widget(fn, manual: bool = False, **controls):
+    """``ipywidgets.interact(fn, **controls)`` (``interact_manual`` with ``manual``) in JupyterLab.
+
+    In a headless run (the tour and the tests execute notebooks with papermill, which sets
+    ``ADVCL_HEADLESS=1``) no frontend can move a slider, and an ``interact`` there can leave the
+    notebook client waiting forever, so the widget is skipped with a one-line note and None is
+    returned; the static figure beside it carries the content.
+    """
+    import os
+    if os.environ.get("ADVCL_HEADLESS", "0") == "1":
+        print(f"(interactive widget '{getattr(fn, '__name__', 'widget')}' skipped: headless run; "
+              f"open the notebook in JupyterLab to use it)")
+        return None
+    from ipywidgets import interact, interact_manual
+    return (interact_manual if manual else interact)(fn, **controls)
+
+
 def _plt():
     import matplotlib.pyplot as plt
     return plt
