@@ -31,7 +31,9 @@ def widget(fn, manual: bool = False, **controls):
     returned; the static figure beside it carries the content.
     """
     import os
-    if os.environ.get("ADVCL_HEADLESS", "0") == "1":
+
+    from .tour import HEADLESS_ENV
+    if os.environ.get(HEADLESS_ENV, "0") == "1":
         print(f"(interactive widget '{getattr(fn, '__name__', 'widget')}' skipped: headless run; "
               f"open the notebook in JupyterLab to use it)")
         return None

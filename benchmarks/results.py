@@ -34,7 +34,7 @@ import torch
 from advcl_lite import get_preset
 from advcl_lite.data import load_dataset
 from advcl_lite.evaluate import evaluate, format_result, load_records, make_record, plot_results, save_records
-from advcl_lite.finetune import finetune, load_finetuned
+from advcl_lite.finetune import get_or_finetune
 from advcl_lite.pretrain import get_or_train, pretrain_dataset
 from advcl_lite.pseudo_labels import PseudoLabels, make_pseudo_labels
 
@@ -52,9 +52,8 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v * 100:.1f}"
 
 
-def _ra(records, method, scheme="SLF", seed=None):
-    rows = [r for r in records if r["method"] == method and r["scheme"] == scheme and (seed is None or r["seed"] == seed)]
-    return rows
+def _rows(records, method, scheme="SLF", seed=None):
+    return [r for r in records if r["method"] == method and r["scheme"] == scheme and (seed is None or r["seed"] == seed)]
 
 
 def _cmp(a: dict, b: dict, metric: str = "ra") -> str:
@@ -71,7 +70,7 @@ def claims(records) -> list[str]:
     out = ["| claim (SLF, RA under PGD-20) | seed | measured | reproduced? |", "| --- | --- | --- | --- |"]
     seeds = sorted({r["seed"] for r in records})
     for seed in seeds:
-        adv, acl, sim = (_ra(records, m, seed=seed) for m in ("AdvCL", "ACL", "SimCLR"))
+        adv, acl, sim = (_rows(records, m, seed=seed) for m in ("AdvCL", "ACL", "SimCLR"))
         if adv and acl and sim:
             a, c, s_ = adv[0], acl[0], sim[0]
             ok = a["ra"] > c["ra"] > s_["ra"]
@@ -80,7 +79,7 @@ def claims(records) -> list[str]:
     for other, what in (("AdvCL (LFC view)", "HFC view beats the LFC view"), ("AdvCL (no 4th view)", "HFC view beats no 4th view"),
                         ("AdvCL + pseudo-labels", "pseudo-labels add robustness")):
         for seed in seeds:
-            o, a = _ra(records, other, seed=seed), _ra(records, "AdvCL", seed=seed)
+            o, a = _rows(records, other, seed=seed), _rows(records, "AdvCL", seed=seed)
             if o and a:
                 first, second = (o[0], a[0]) if other.endswith("pseudo-labels") else (a[0], o[0])
                 names = f"{first['method']} vs {second['method']}"
@@ -121,45 +120,38 @@ def main() -> None:
     for si, seed, (method, view, pseudo) in jobs:
         P = get_preset(args.preset, seed=seed, data=args.data)
         work = out / f"seed{seed}"
-        if True:
-            pl = None
-            if pseudo:
-                simclr = get_or_train("simclr", P, work, data=train_full, device=args.device)
-                pl_path = work / "pseudo_labels" / "simclr.pt"
-                ds = pretrain_dataset(P, train_full)
-                t0 = time.perf_counter()
-                if pl_path.exists():
-                    pl = PseudoLabels.load(pl_path, dataset=ds)
-                else:
-                    pl = make_pseudo_labels(simclr.checkpoint, ds, ks=P.pseudo_ks, seed=seed, device=args.device)
-                    pl.save(pl_path)
-                    stage_times.append({"stage": "pseudo-labels (k-means)", "seed": seed, "seconds": time.perf_counter() - t0})
-            res = get_or_train(method, P, work, data=train_full, view=view, pseudo_labels=pl, device=args.device)
-            pt_secs = sum(h["seconds"] for h in res.history)
-            name = label(method, view, pseudo)
-            stage_times.append({"stage": f"pretrain {name}", "seed": seed, "seconds": pt_secs})
-            alf = si == 0 and not args.no_alf and (args.alf_all or view == "hfc")
-            schemes = ["slf"] + (["alf"] if alf else []) + (["aff"] if (args.aff and si == 0) else [])
-            for scheme in schemes:
-                ft_dir = work / "finetune" / f"{res.checkpoint.parent.name}-{scheme}"
-                t0 = time.perf_counter()
-                if (ft_dir / "model.pt").exists():
-                    model, ft_meta = load_finetuned(ft_dir / "model.pt", device=args.device)
-                else:
-                    ft = finetune(res.checkpoint, scheme, P, data=train_full, out_dir=ft_dir, device=args.device)
-                    model, ft_meta = ft.model, ft.meta
-                ft_secs = ft_meta.get("seconds", float("nan"))
-                val = ft_meta.get("val_metrics") or {}
-                t1 = time.perf_counter()
-                r = evaluate(model, test, attack="pgd20", n=P.eval_n, device=args.device, seed=seed)
-                ev_secs = time.perf_counter() - t1
-                print(f"[seed {seed}] {name:34s} {scheme.upper()}: {format_result(r)}", flush=True)
-                records.append(make_record(name, scheme.upper(), train_full.name, test.name, r, P.name, seed,
-                                           ft_secs, pretrain_seconds=pt_secs, eval_seconds=ev_secs,
-                                           train_images=len(pretrain_dataset(P, train_full)),
-                                           val_sa=val.get("val_sa"), val_ra=val.get("val_ra"), val_n=val.get("val_n"),
-                                           best_epoch=ft_meta.get("best_epoch")))
-                save_records(records, out / "results.json")  # after every row: an interrupted call keeps them
+        pt_ds = pretrain_dataset(P, train_full)   # the images this preset and seed pretrain on
+        pl = None
+        if pseudo:
+            simclr = get_or_train("simclr", P, work, data=train_full, device=args.device)
+            pl_path = work / "pseudo_labels" / "simclr.pt"
+            t0 = time.perf_counter()
+            if pl_path.exists():
+                pl = PseudoLabels.load(pl_path, dataset=pt_ds)
+            else:
+                pl = make_pseudo_labels(simclr.checkpoint, pt_ds, ks=P.pseudo_ks, seed=seed, device=args.device)
+                pl.save(pl_path)
+                stage_times.append({"stage": "pseudo-labels (k-means)", "seed": seed, "seconds": time.perf_counter() - t0})
+        res = get_or_train(method, P, work, data=train_full, view=view, pseudo_labels=pl, device=args.device)
+        pt_secs = sum(h["seconds"] for h in res.history)
+        name = label(method, view, pseudo)
+        stage_times.append({"stage": f"pretrain {name}", "seed": seed, "seconds": pt_secs})
+        alf = si == 0 and not args.no_alf and (args.alf_all or view == "hfc")
+        schemes = ["slf"] + (["alf"] if alf else []) + (["aff"] if (args.aff and si == 0) else [])
+        for scheme in schemes:
+            ft_dir = work / "finetune" / f"{res.checkpoint.parent.name}-{scheme}"
+            ft = get_or_finetune(res.checkpoint, scheme, P, ft_dir, data=train_full, device=args.device)
+            val = ft.val or {}
+            t1 = time.perf_counter()
+            r = evaluate(ft.model, test, attack="pgd20", n=P.eval_n, device=args.device, seed=seed)
+            ev_secs = time.perf_counter() - t1
+            print(f"[seed {seed}] {name:34s} {scheme.upper()}: {format_result(r)}", flush=True)
+            records.append(make_record(name, scheme.upper(), train_full.name, test.name, r, P.name, seed,
+                                       ft.seconds, pretrain_seconds=pt_secs, eval_seconds=ev_secs,
+                                       train_images=len(pt_ds),
+                                       val_sa=val.get("val_sa"), val_ra=val.get("val_ra"), val_n=val.get("val_n"),
+                                       best_epoch=ft.best_epoch))
+            save_records(records, out / "results.json")  # after every row: an interrupted call keeps them
     save_records(records, out / "results.json")
     save_records(records, out / "results.csv")
     (out / "stage_times.json").write_text(json.dumps(stage_times, indent=1))
