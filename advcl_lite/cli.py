@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring out/last.pt")
     p.add_argument("--view", default="hfc", choices=["hfc", "lfc", "none"], help="AdvCL's fourth view (ablations: lfc, none)")
     p.add_argument("--radius", type=float, default=None, help="HFC/LFC radius (default: 8 at 32x32, scaled)")
-    p.add_argument("--pseudo-labels", default=None, help="pseudo-label file from `advcl-lite pseudo-labels` (AdvCL)")
+    p.add_argument("--pseudo-labels", default=None,
+                   help="AdvCL: a pseudo-label file from `advcl-lite pseudo-labels` (default: made from a SimCLR run)")
+    p.add_argument("--no-pseudo-labels", action="store_true",
+                   help="AdvCL without the pseudo-label term (an ablation; the paper's AdvCL has it)")
     p.add_argument("--recompute-anchors", action="store_true",
                    help="re-embed the clean views at every PGD step, as the original code (slower, same result)")
 

@@ -16,13 +16,21 @@ import torch.nn.functional as F
 class RoutedBatchNorm2d(nn.Module):
     """One BatchNorm2d per route; ``self.route`` selects which one runs."""
 
+    bn_class = nn.BatchNorm2d
+
     def __init__(self, num_features: int, routes: tuple[str, ...]):
         super().__init__()
-        self.bns = nn.ModuleDict({r: nn.BatchNorm2d(num_features) for r in routes})
+        self.bns = nn.ModuleDict({r: self.bn_class(num_features) for r in routes})
         self.route = routes[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bns[self.route](x)
+
+
+class RoutedBatchNorm1d(RoutedBatchNorm2d):
+    """One BatchNorm1d per route (ACL's projection head)."""
+
+    bn_class = nn.BatchNorm1d
 
 
 def _bn(c: int, routes: tuple[str, ...] | None) -> nn.Module:
@@ -96,24 +104,55 @@ class ResNet18(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Linear d->d, BN1d, ReLU, Linear d->out, then L2 normalisation (BN shared by all routes)."""
+    """AdvCL's head: Linear d->d, BN1d, ReLU, Linear d->out, then L2 normalisation (BN shared by all routes)."""
 
     def __init__(self, dim: int, out_dim: int = 128):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, route: str | None = None) -> torch.Tensor:
         return F.normalize(self.net(f), dim=1)
 
 
+class ACLProjectionHead(nn.Module):
+    """ACL's head (``models/resnet_multi_bn.py``, ``proj_head``): three d->d linear layers, each followed
+    by a BN1d **per route**, ReLU between them (the second and third linear layers have no bias); the
+    output (d-dimensional) is L2-normalised, which is what ACL's cosine-similarity NT-Xent does."""
+
+    def __init__(self, dim: int, routes: tuple[str, ...]):
+        super().__init__()
+        self.routes = tuple(routes)
+        self.fc1, self.bn1 = nn.Linear(dim, dim), RoutedBatchNorm1d(dim, self.routes)
+        self.fc2, self.bn2 = nn.Linear(dim, dim, bias=False), RoutedBatchNorm1d(dim, self.routes)
+        self.fc3, self.bn3 = nn.Linear(dim, dim, bias=False), RoutedBatchNorm1d(dim, self.routes)
+
+    def forward(self, f: torch.Tensor, route: str | None = None) -> torch.Tensor:
+        route = route or self.routes[0]
+        for bn in (self.bn1, self.bn2, self.bn3):
+            bn.route = route
+        x = F.relu(self.bn1(self.fc1(f)))
+        x = F.relu(self.bn2(self.fc2(x)))
+        return F.normalize(self.bn3(self.fc3(x)), dim=1)
+
+
+HEADS = ("advcl", "acl")
+
+
 class ContrastiveNet(nn.Module):
-    """Backbone with BN routes + projection head + optional pseudo-label heads (one per K)."""
+    """Backbone with BN routes + projection head + optional pseudo-label heads (one per K).
+
+    ``head="advcl"``: :class:`ProjectionHead` (d -> d -> ``proj_dim``, one BN shared by the routes);
+    ``"acl"``: :class:`ACLProjectionHead` (d -> d -> d -> d, one BN per route)."""
 
     def __init__(self, base_width: int = 16, routes: tuple[str, ...] = ("normal",), proj_dim: int = 128,
-                 pseudo_ks: tuple[int, ...] = ()):
+                 pseudo_ks: tuple[int, ...] = (), head: str = "advcl"):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.backbone = ResNet18(base_width, routes)
-        self.head = ProjectionHead(self.backbone.feature_dim, proj_dim)
+        self.head_type = head
+        d = self.backbone.feature_dim
+        self.head = ProjectionHead(d, proj_dim) if head == "advcl" else ACLProjectionHead(d, self.backbone.routes)
         self.pseudo_ks = tuple(int(k) for k in pseudo_ks)
         self.pseudo_heads = nn.ModuleList([nn.Linear(self.backbone.feature_dim, k) for k in self.pseudo_ks])
 
@@ -130,7 +169,7 @@ class ContrastiveNet(nn.Module):
         ``forward`` so that a DataParallel wrapper splits the batch for either.)"""
         f = self.backbone.features(x, route)
         if output == "z":
-            return self.head(f)
+            return self.head(f, route)
         if output == "pseudo":
             return [h(f) for h in self.pseudo_heads]
         raise ValueError(f"output must be 'z' or 'pseudo', got {output!r}")

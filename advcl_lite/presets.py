@@ -2,8 +2,11 @@
 
 ``smoke`` proves the code runs (CI, seconds per stage); ``quick`` is a laptop
 CPU run of minutes on real images; ``benchmark`` is the ~1 hour CPU run the
-results report uses; ``paper`` is the spec's full-scale setting for a GPU.
-A smoke or quick run does **not** show the paper's numbers; see BENCHMARKS.md.
+results report uses; ``paper`` is the original's full-scale setting for a GPU.
+Every preset keeps the original codes' method settings (attack, loss, optimiser,
+pseudo-labels); they differ in scale only (images, width, epochs, batch, with the
+learning rates scaled linearly with the batch). A smoke or quick run does **not**
+show the paper's numbers; see BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -21,22 +24,32 @@ class Preset:
     train_subset: int | None = None   # images of the training split used for pretraining (None: all)
     # encoder
     base_width: int = 16              # ResNet-18 base width (64 in the paper)
-    # pretraining optimisation (spec section 6)
+    # pretraining optimisation. AdvCL (pretraining_advCL.py): SGD, lr 0.5 at batch 512, cosine set once
+    # per epoch, warm-up 10 of 1000 epochs. SimCLR and ACL (ACL's train_simCLR.py trains both): LARS.
+    # Learning rates of the CPU presets scale linearly with the batch (lr 0.5 * B / 512).
     batch_size: int = 256
     epochs: int = 10
-    lr: float = 0.25
+    lr: float = 0.25                  # AdvCL's SGD
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_epochs: int = 1
+    warmup_epochs: float = 0.1        # the original's 10 of 1000 epochs, scaled to the run (1 %)
+    advcl_lr_per_epoch: bool = True   # AdvCL's cosine set once per epoch as the original (False: every step;
+                                      # the CPU presets, whose last of 4-5 epochs would otherwise run at lr * 1e-3)
     temperature: float = 0.5
+    base_temperature: float = 0.07    # AdvCL's L_CL is multiplied by temperature / base_temperature (7.14)
+    acl_optimizer: str = "lars"       # SimCLR and ACL: "lars" as ACL's code, or "sgd" (AdvCL's SGD settings)
+    acl_lr: float = 2.5               # LARS lr (5.0 at batch 512 in ACL's code)
+    acl_weight_decay: float = 1e-6
+    lars_eta: float = 1e-3            # LARS trust coefficient
+    acl_head: str = "acl"             # SimCLR/ACL projection head: "acl" (3 layers, BN per route) or "advcl"
     # pretraining attack (spec section 4)
     eps: float = 8 / 255
     alpha: float = 2 / 255
     pgd_steps: int = 5
-    attack_mode: str = "train"        # "train" as the original, or "eval"
+    attack_mode: str = "train"        # AdvCL's attack: "train" as the original, or "eval" (ACL always attacks in eval)
     # AdvCL views and pseudo-labels (spec sections 1, 3, 5)
     hfc_radius: float = 8.0
-    pseudo_ks: tuple[int, ...] = (2, 10, 50)
+    pseudo_ks: tuple[int, ...] = (2, 10, 50, 100, 500)   # K > N/2 is dropped for small training sets
     pseudo_lambda: float = 0.2
     # finetuning (spec section 7)
     ft_epochs: int = 10
@@ -71,30 +84,26 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
         description="CI: proves every stage runs in seconds on the embedded sample; shows nothing about AdvCL.",
-        train_subset=256, base_width=8, batch_size=64, epochs=1, lr=0.1, warmup_epochs=0,
-        pgd_steps=2, pseudo_ks=(2, 5), ft_epochs=1, ft_batch_size=128, aff_batch_size=64,
-        ft_pgd_steps=2, ft_subset=256, eval_n=64, eval_pgd_steps=5, aa_n=8,
+        train_subset=256, base_width=8, batch_size=64, epochs=1, lr=0.0625, acl_lr=0.625, warmup_epochs=0.0, advcl_lr_per_epoch=False,
+        ft_epochs=1, ft_batch_size=128, aff_batch_size=64, ft_subset=256, eval_n=64, aa_n=8,
     ),
     "quick": Preset(
         name="quick",
-        description="Laptop CPU, minutes: width-16 encoder, 4,000 images, 4 epochs, PGD-3 (see BENCHMARKS.md).",
-        train_subset=4000, base_width=16, batch_size=256, epochs=4, lr=0.25, warmup_epochs=1,
-        pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=5, ft_lr=0.1, ft_batch_size=128,
-        ft_pgd_steps=3, ft_subset=5000, eval_n=1000, aa_n=0,
+        description="Laptop CPU, minutes: width-16 encoder, 4,000 images, 4 epochs (see BENCHMARKS.md).",
+        train_subset=4000, base_width=16, batch_size=256, epochs=4, warmup_epochs=0.04, advcl_lr_per_epoch=False,
+        ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=1000, aa_n=0,
     ),
     "benchmark": Preset(
         name="benchmark",
         description="About an hour on 2 CPU cores, on full CIFAR-10: the results report of BENCHMARKS.md.",
-        data="cifar10", train_subset=10000, base_width=16, batch_size=256, epochs=5, lr=0.25,
-        warmup_epochs=1, pgd_steps=3, attack_mode="eval", pseudo_ks=(2, 10, 50), ft_epochs=5, ft_lr=0.1,
-        ft_batch_size=128, ft_pgd_steps=3, ft_subset=5000, eval_n=2000, aa_n=0,
+        data="cifar10", train_subset=10000, base_width=16, batch_size=256, epochs=5, warmup_epochs=0.05, advcl_lr_per_epoch=False,
+        ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=2000, aa_n=0,
     ),
     "paper": Preset(
         name="paper",
-        description="The spec's full-scale setting for a GPU: ResNet-18, batch 512, 1000 epochs, PGD-5.",
-        data="cifar10", train_subset=None, base_width=64, batch_size=512, epochs=1000, lr=0.5,
-        warmup_epochs=10, pgd_steps=5, attack_mode="train", pseudo_ks=(2, 10, 50, 100, 500),
-        ft_epochs=25, ft_lr=0.01, aff_lr=0.1, ft_batch_size=512, aff_batch_size=128, ft_pgd_steps=10,
+        description="The original's full-scale setting for a GPU: ResNet-18, batch 512, 1000 epochs, PGD-5.",
+        data="cifar10", train_subset=None, base_width=64, batch_size=512, epochs=1000, lr=0.5, acl_lr=5.0,
+        warmup_epochs=10.0, ft_epochs=25, ft_lr=0.01, aff_lr=0.1, ft_batch_size=512, aff_batch_size=128,
         eval_n=10000, aa_n=10000, amp="bf16", channels_last=True, ckpt_every=10,
     ),
 }
@@ -115,7 +124,8 @@ def get_preset(name: str | Preset = "smoke", **overrides: Any) -> Preset:
     return apply_overrides(base, overrides)
 
 
-_CHOICES = {"attack_mode": ("train", "eval"), "amp": ("none", "bf16", "fp16")}
+_CHOICES = {"attack_mode": ("train", "eval"), "amp": ("none", "bf16", "fp16"), "acl_optimizer": ("lars", "sgd"),
+            "acl_head": ("acl", "advcl")}
 
 
 def apply_overrides(base: Preset, overrides: dict[str, Any]) -> Preset:
@@ -171,11 +181,17 @@ def _validate(p: Preset) -> None:
     for key in ("batch_size", "epochs", "base_width", "ft_batch_size", "aff_batch_size"):
         if getattr(p, key) < 1:
             raise ValueError(f"preset field {key!r} must be >= 1, not {getattr(p, key)}")
-    for key in ("pgd_steps", "ft_pgd_steps", "eval_pgd_steps", "ft_epochs", "eval_n", "aa_n", "warmup_epochs"):
+    for key in ("pgd_steps", "ft_pgd_steps", "eval_pgd_steps", "ft_epochs", "eval_n", "aa_n", "warmup_epochs",
+                "lr", "acl_lr", "weight_decay", "acl_weight_decay", "lars_eta"):
         if getattr(p, key) < 0:
             raise ValueError(f"preset field {key!r} must be >= 0, not {getattr(p, key)}")
     if not 0.0 < p.val_fraction < 1.0:
         raise ValueError(f"val_fraction={p.val_fraction} must be in (0, 1)")
+    if not p.base_temperature > 0:
+        raise ValueError(f"base_temperature={p.base_temperature} must be > 0 (set it to temperature={p.temperature} "
+                         f"for an unscaled contrastive loss)")
+    if p.warmup_epochs > p.epochs:
+        raise ValueError(f"warmup_epochs={p.warmup_epochs} is longer than the run (epochs={p.epochs})")
     if p.hfc_radius < 0:
         raise ValueError(f"hfc_radius={p.hfc_radius} must be >= 0")
     if any(k < 2 for k in p.pseudo_ks):

@@ -1,26 +1,33 @@
 """Adversarial contrastive pretraining: SimCLR, ACL and AdvCL on one training loop.
 
-One step of each method (spec sections 1, 4, 5; every view is embedded by its own
+One step of each method (Fan et al. 2021, sections 3-4; every view is embedded by its own
 forward pass unless said otherwise, so in train mode each gets its own batch statistics):
 
-* ``simclr``: NT-Xent between two SimCLR views t1, t2 (route ``normal``, one
-  forward pass of the pair).
+* ``simclr``: NT-Xent between two SimCLR views t1, t2 (route ``normal``, one forward
+  pass of the pair), trained as ACL's ``train_simCLR.py`` trains it (LARS, ACL's head).
 * ``acl``: t1, t2 and their jointly attacked copies a1, a2 (PGD on NT-Xent through
-  route ``pgd``, the network in eval mode as in ACL's original code); loss = mean of
-  the clean NT-Xent (route ``normal``) and the adversarial one (route ``pgd``).
+  route ``pgd``, the network in eval mode as in ACL's ``PGD_contrastive``); loss = mean
+  of the clean NT-Xent (route ``normal``) and the adversarial one (route ``pgd``).
 * ``advcl``: views t1, t2 (SimCLR), o (crop+flip) and h = HFC(o) (clean, unclipped,
   never perturbed). x_cl = ContrastivePGD from o against the clean anchors
   [t1, t2, h] (route ``pgd``; network mode ``preset.attack_mode``, "train" as the
-  original); loss L_CL over the views in the order t1, t2, x_cl, h (temperature tau).
-  With pseudo-labels: x_ce = PseudoLabelPGD from o on its own route ``pgd_ce``, and
-  ``L = L_CL + lambda * L_PS``. Ablations: ``view="lfc"`` (LFC instead of HFC),
-  ``view="none"`` (no fourth view), ``radius``.
+  original's ``net.train()``); x_ce = PseudoLabelPGD from o on its own route ``pgd_ce``.
+  Loss, as ``pretraining_advCL.py`` computes it with ``SupConLoss``::
 
-Optimisation: SGD with momentum and weight decay; the learning rate ramps linearly
-from ``0.01 * lr`` to ``lr`` over ``warmup_epochs``, then follows a cosine to
-``1e-3 * lr`` (updated every step). ``amp="bf16"``/``"fp16"`` runs the forward passes
-and attacks under autocast (losses stay float32; fp16 uses a gradient scaler);
-``channels_last`` stores the network and the batches in NHWC.
+      L = (temperature / base_temperature) * L_CL(t1, t2, x_cl, h) + lambda * L_PS(x_ce)
+
+  with 0.5 / 0.07 = 7.14 and lambda = 0.2. Pseudo-labels are part of AdvCL: by default
+  (``pseudo_labels="auto"``) they are k-means clusters of the features of a SimCLR run at
+  the same preset (the original's came from an ImageNet model that cannot be had
+  offline); ``pseudo_labels=False`` is the ablation without them. Other ablations:
+  ``view="lfc"`` (LFC instead of HFC), ``view="none"`` (no fourth view), ``radius``.
+
+Optimisation (:mod:`advcl_lite.optim`): AdvCL with SGD (momentum, weight decay 1e-4),
+its cosine set once per epoch after a linear warm-up from 0.01; SimCLR and ACL with LARS
+(``acl_optimizer="lars"``), per-step cosine to 1e-6 after a warm-up from 0.
+``amp="bf16"``/``"fp16"`` runs the forward passes and attacks under autocast (losses stay
+float32; fp16 uses a gradient scaler); ``channels_last`` stores the network and the
+batches in NHWC.
 
 Runs: :func:`pretrain` writes ``last.pt`` every ``ckpt_every`` epochs (and when it
 stops early at ``max_epochs``), ``final.pt`` at the end, and ``history.json``
@@ -35,7 +42,6 @@ else train").
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -52,6 +58,7 @@ from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
 from .frequency import HighPass, LowPass, scaled_radius
 from .losses import multiview_contrastive_loss, pseudo_label_loss
 from .models import ContrastiveNet, to_channels_last
+from .optim import LARS, lr_factor
 from .presets import Preset, get_preset
 
 METHODS = ("simclr", "acl", "advcl")
@@ -112,27 +119,38 @@ def pretrain_dataset(preset: Preset, data: str | ImageDataset | None = None) -> 
     return class_balanced_subset(ds, preset.train_subset, seed=preset.seed)
 
 
-def run_name(method: str, view: str = "hfc", pseudo: bool = False, radius: float | None = None) -> str:
-    """Folder name of a run: ``simclr``, ``acl``, ``advcl``, ``advcl-lfc``, ``advcl-none-pl``, ``advcl-r4`` ..."""
+def run_name(method: str, view: str = "hfc", pseudo: bool = True, radius: float | None = None) -> str:
+    """Folder name of a run: ``simclr``, ``acl``, ``advcl`` (with pseudo-labels, the paper's method),
+    ``advcl-nopl``, ``advcl-lfc``, ``advcl-none-nopl``, ``advcl-r4`` ..."""
     if method != "advcl":
         return method
-    name = "advcl" + ("" if view == "hfc" else f"-{view}") + ("-pl" if pseudo else "")
+    name = "advcl" + ("" if view == "hfc" else f"-{view}") + ("" if pseudo else "-nopl")
     return name + (f"-r{radius:g}" if radius is not None else "")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Multiplier of the base lr at optimisation step ``step`` (0-based): linear warm-up from
-    0.01 to 1 over ``warmup_steps``, then a cosine from 1 to 1e-3 at ``total_steps``."""
-    if warmup_steps and step < warmup_steps:
-        return 0.01 + (1 - 0.01) * step / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+def uses_lars(method: str, preset: Preset) -> bool:
+    """SimCLR and ACL train with LARS as ACL's code does, unless ``acl_optimizer="sgd"``."""
+    return method in ("simclr", "acl") and preset.acl_optimizer == "lars"
 
 
-def _lr_lambda(preset: Preset, steps_per_epoch: int):
-    warm = preset.warmup_epochs * steps_per_epoch
+def make_optimizer(method: str, net: nn.Module, preset: Preset) -> torch.optim.Optimizer:
+    """LARS (SimCLR, ACL: lr ``acl_lr``, weight decay ``acl_weight_decay``, trust ``lars_eta``) or
+    SGD (AdvCL: lr ``lr``, weight decay ``weight_decay``), momentum ``momentum``."""
+    if uses_lars(method, preset):
+        return LARS(net.parameters(), lr=preset.acl_lr, momentum=preset.momentum,
+                    weight_decay=preset.acl_weight_decay, eta=preset.lars_eta)
+    return torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+
+
+def _lr_lambda(method: str, preset: Preset, steps_per_epoch: int):
+    warm = round(preset.warmup_epochs * steps_per_epoch)
     total = max(1, preset.epochs * steps_per_epoch)
-    return lambda step: lr_factor(step, warm, total)
+    if uses_lars(method, preset):   # ACL's cosine_annealing: warm-up from 0, cosine to an absolute 1e-6
+        return lambda step: lr_factor(step, warm, total, start=0.0, end=1e-6 / preset.acl_lr)
+    # AdvCL's warmup_learning_rate / adjust_learning_rate: from an absolute 0.01, cosine to lr * 1e-3
+    spe = steps_per_epoch if preset.advcl_lr_per_epoch else None
+    return lambda step: lr_factor(step, warm, total, start=min(1.0, 0.01 / preset.lr), end=1e-3,
+                                  steps_per_epoch=spe)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -188,13 +206,14 @@ class PretrainStep:
         h = [self._cl(self.view_fn(o))] if self.view_fn is not None else []
         x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
         x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
-        # the spec's view order: t1, t2, x_cl, h (the loss does not depend on it)
+        # the view order of pretraining_advCL.py: x_cl, t1, t2, h (the loss does not depend on it)
         views = [net(t1, "normal"), net(t2, "normal"), net(x_cl, "pgd")] + [net(v, "normal") for v in h]
         l_cl = multiview_contrastive_loss(views, tau)
-        out = {"loss": l_cl, "loss_cl": l_cl}
+        # the original's SupConLoss multiplies L_CL by temperature / base_temperature (0.5 / 0.07)
+        out = {"loss": (tau / p.base_temperature) * l_cl, "loss_cl": l_cl}
         if self.use_pseudo:
             l_ps = pseudo_label_loss(net(x_ce, "pgd_ce", output="pseudo"), targets)
-            out["loss"] = l_cl + p.pseudo_lambda * l_ps
+            out["loss"] = out["loss"] + p.pseudo_lambda * l_ps
             out["loss_ps"] = l_ps
         return out
 
@@ -204,8 +223,16 @@ def _config(method: str, preset: Preset, view: str, radius: float, pseudo_meta: 
     """What determines a run's weights (compared on resume and by get_or_train). Settings that do
     not change the result (finetuning/evaluation fields, channels_last, ckpt_every, the preset's
     name) are left out, so changing them does not retrain."""
-    keys = ["train_subset", "base_width", "batch_size", "epochs", "lr", "momentum", "weight_decay",
-            "warmup_epochs", "temperature", "amp", "seed"]
+    keys = ["train_subset", "base_width", "batch_size", "epochs", "momentum", "warmup_epochs", "temperature",
+            "amp", "seed"]
+    if uses_lars(method, preset):
+        keys += ["acl_optimizer", "acl_lr", "acl_weight_decay", "lars_eta"]
+    else:
+        keys += ["lr", "weight_decay", "advcl_lr_per_epoch"] + (["acl_optimizer"] if method != "advcl" else [])
+    if method != "advcl":
+        keys += ["acl_head"]
+    else:
+        keys += ["base_temperature"]
     if method in ("acl", "advcl"):
         keys += ["eps", "alpha", "pgd_steps"]
     training = {k: getattr(preset, k) for k in keys}
@@ -233,16 +260,39 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def build_net(method: str, base_width: int, pseudo_ks=()) -> ContrastiveNet:
-    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads)."""
+def head_of(method: str, preset: Preset) -> str:
+    """The projection head a method trains with: AdvCL's, or (SimCLR, ACL) ``preset.acl_head``."""
+    return "advcl" if method == "advcl" else preset.acl_head
+
+
+def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl") -> ContrastiveNet:
+    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads)
+    and projection head ``head`` (:func:`head_of`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     routes = ROUTES[method] + (("pgd_ce",) if pseudo_ks else ())
-    return ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks))
+    return ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head)
 
 
-def _resolve(method, preset, data, view, radius, pseudo_labels, overrides):
-    """Check the arguments and return (preset, dataset, radius, pseudo-labels or None, config)."""
+def auto_pseudo_labels(preset: Preset, ds: ImageDataset, work_dir: str | os.PathLike, device=None,
+                       progress: bool | None = None):
+    """AdvCL's default pseudo-labels for ``ds``: k-means (K in ``preset.pseudo_ks``; K > N/2 dropped) on the
+    features of the SimCLR run ``work_dir/pretrain/simclr`` at the same preset (trained if absent), cached in
+    ``work_dir/pseudo_labels/simclr.pt``. The original clustered an ImageNet-pretrained model's features,
+    which cannot be had offline; any other labels can be passed as ``pseudo_labels=``."""
+    from .pseudo_labels import get_or_make_pseudo_labels
+    simclr = get_or_train("simclr", preset, work_dir, data=ds, device=device, progress=progress)
+    return get_or_make_pseudo_labels(Path(work_dir) / "pseudo_labels" / "simclr.pt", simclr.checkpoint, ds,
+                                     ks=preset.pseudo_ks, seed=preset.seed, device=device, progress=progress,
+                                     encoder_name=f"simclr ({preset.name} preset, seed {preset.seed})")
+
+
+def _resolve(method, preset, data, view, radius, pseudo_labels, overrides, labels_dir=None, device=None,
+             progress=None):
+    """Check the arguments and return (preset, dataset, radius, pseudo-labels or None, config).
+
+    ``pseudo_labels``: ``"auto"``/``None`` (AdvCL: :func:`auto_pseudo_labels` in ``labels_dir``; others: none),
+    ``False`` (none), or a :class:`~advcl_lite.pseudo_labels.PseudoLabels` / path (AdvCL only)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if view not in VIEWS:
@@ -251,7 +301,14 @@ def _resolve(method, preset, data, view, radius, pseudo_labels, overrides):
     ds = pretrain_dataset(p, data)
     r = float(radius) if radius is not None else scaled_radius(ds.image_size, p.hfc_radius)
     pl = None
-    if pseudo_labels is not None:
+    if pseudo_labels is None or (isinstance(pseudo_labels, str) and pseudo_labels == "auto"):
+        if method == "advcl":
+            if labels_dir is None:
+                raise ValueError("AdvCL makes its pseudo-labels from a SimCLR run: give a folder for it "
+                                 "(labels_dir=...), a pseudo-label file (pseudo_labels=PATH), or "
+                                 "pseudo_labels=False for AdvCL without pseudo-labels")
+            pl = auto_pseudo_labels(p, ds, labels_dir, device=device, progress=progress)
+    elif pseudo_labels is not False:
         if method != "advcl":
             raise ValueError("pseudo-labels are used by AdvCL only (method='advcl')")
         from .pseudo_labels import PseudoLabels
@@ -273,35 +330,39 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.PathLike, data=None,
-             view: str = "hfc", radius: float | None = None, pseudo_labels=None, resume: bool = True,
+             view: str = "hfc", radius: float | None = None, pseudo_labels="auto", resume: bool = True,
              device=None, progress: bool | None = None, recompute_anchors: bool = False,
-             max_epochs: int | None = None, **overrides) -> PretrainResult:
+             max_epochs: int | None = None, labels_dir: str | os.PathLike | None = None,
+             **overrides) -> PretrainResult:
     """Pretrain ``method`` ("simclr", "acl", "advcl") at ``preset`` into ``out_dir``.
 
     ``data``: a dataset name/path or an :class:`ImageDataset` (default: the preset's);
     ``overrides``: preset fields (``epochs=2``, ``base_width=8`` ...). ``pseudo_labels``: a
     :class:`~advcl_lite.pseudo_labels.PseudoLabels` or a path to one made for this preset's
-    training set (AdvCL only). ``resume``: continue from ``out_dir/last.pt`` when present (its
+    training set (AdvCL only); ``"auto"`` (default): AdvCL makes its own from a SimCLR run in
+    ``labels_dir`` (default ``out_dir/pseudo-labels``, see :func:`auto_pseudo_labels`); ``False``:
+    AdvCL without pseudo-labels (the ablation). ``resume``: continue from ``out_dir/last.pt`` when present (its
     configuration must match). ``recompute_anchors``: re-embed the clean views at every attack
     step as the original code (same result, slower). ``max_epochs`` stops after that many
     epochs in total (an interruption that :func:`pretrain` can resume).
     """
     radius_arg = radius
-    preset, ds, radius, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides)
+    out_dir = Path(out_dir)
+    preset, ds, radius, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides,
+                                              labels_dir or out_dir / "pseudo-labels", device, progress)
     if max_epochs is not None and max_epochs < 0:
         raise ValueError(f"max_epochs must be >= 0, got {max_epochs}")
     device = resolve_device(device)
-    out_dir = Path(out_dir)
     pseudo_ks = tuple(pl.ks) if pl is not None else ()
     name = run_name(method, view, pl is not None, radius_arg)
 
     gen = seed_everything(preset.seed)
-    net = build_net(method, preset.base_width, pseudo_ks).to(device)
+    net = build_net(method, preset.base_width, pseudo_ks, head_of(method, preset)).to(device)
     net = to_channels_last(net, preset.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+    opt = make_optimizer(method, net, preset)
     bs = min(preset.batch_size, len(ds))
     steps_per_epoch = ds.num_batches(bs, drop_last=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(preset, steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(method, preset, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=(preset.amp == "fp16"))
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -331,6 +392,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     model = maybe_data_parallel(net, device)
     step = PretrainStep(method, model, preset, view, radius, pl is not None, recompute_anchors)
     meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
+                 "head": net.head_type,
                  "base_width": preset.base_width, "pseudo_ks": list(pseudo_ks), "seed": preset.seed,
                  "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size, "run_name": name,
                  "view": view if method == "advcl" else None, "radius": radius if method == "advcl" else None,
@@ -411,7 +473,8 @@ def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNe
     ck = load_checkpoint(path, kind="pretrain", map_location="cpu")
     meta = ck["meta"]
     try:
-        net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())))
+        net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())),
+                        meta.get("head", "advcl"))
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: pretraining checkpoint metadata is incomplete ({e}); re-create it") from None
     load_weights(net, ck["state_dict"], str(path))
@@ -429,13 +492,15 @@ def _stored_config(path: Path) -> dict | None:
 
 
 def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike, *, data=None, view: str = "hfc",
-                 radius: float | None = None, pseudo_labels=None, device=None, progress: bool | None = None,
+                 radius: float | None = None, pseudo_labels="auto", device=None, progress: bool | None = None,
                  **overrides) -> PretrainResult:
     """The run ``work_dir/pretrain/<name>/``: loaded from ``final.pt`` if it was trained with this
     configuration (``cached=True``), otherwise trained - resuming ``last.pt`` when it matches,
     starting over when a stored run does not. ``<name>`` is :func:`run_name` (method, view,
-    pseudo-labels, radius)."""
-    p, ds, r, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides)
+    pseudo-labels, radius). AdvCL's default pseudo-labels come from ``work_dir``'s SimCLR run
+    (:func:`auto_pseudo_labels`); ``pseudo_labels=False`` trains AdvCL without them."""
+    p, ds, r, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides, work_dir,
+                                    device, progress)
     out = Path(work_dir) / "pretrain" / run_name(method, view, pl is not None, radius)
     final, last = out / "final.pt", out / "last.pt"
     if final.exists():
@@ -449,8 +514,8 @@ def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike,
         last.unlink(missing_ok=True)
     elif last.exists() and _stored_config(last) != config:
         last.unlink(missing_ok=True)
-    return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius, pseudo_labels=pl,
-                    device=device, progress=progress)
+    return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius,
+                    pseudo_labels=pl if pl is not None else False, device=device, progress=progress)
 
 
 def cli_pretrain(args) -> int:
@@ -459,10 +524,22 @@ def cli_pretrain(args) -> int:
     data = p.data
     if args.image_size:
         data = load_dataset(p.data, "train", image_size=args.image_size)
-    out = args.out or str(Path("runs") / p.name / "pretrain" / run_name(args.method, args.view, bool(args.pseudo_labels), args.radius))
+    if args.no_pseudo_labels and args.pseudo_labels:
+        raise ValueError("--pseudo-labels FILE and --no-pseudo-labels contradict each other; give one of them")
+    if args.method != "advcl" and (args.no_pseudo_labels or args.pseudo_labels):
+        raise ValueError(f"--pseudo-labels / --no-pseudo-labels are AdvCL options; --method {args.method} has none")
+    pseudo = False if args.no_pseudo_labels else (args.pseudo_labels or "auto")
+    work = Path("runs") / p.name
+    out = args.out or str(work / "pretrain" / run_name(args.method, args.view, pseudo is not False, args.radius))
+    # AdvCL's own pseudo-labels: from the SimCLR run of runs/<preset> (default layout) or inside --out
+    labels_dir = None if args.out else work
+    if args.method == "advcl" and pseudo == "auto":
+        where = labels_dir or Path(out) / "pseudo-labels"
+        print(f"AdvCL pseudo-labels: k-means on a SimCLR run in {where} (made if absent; "
+              f"--pseudo-labels FILE to use others, --no-pseudo-labels for the ablation)", flush=True)
     res = pretrain(args.method, p, out_dir=out, data=data, view=args.view, radius=args.radius,
-                   pseudo_labels=args.pseudo_labels, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors)
+                   pseudo_labels=pseudo, resume=args.resume, device=args.device,
+                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors, labels_dir=labels_dir)
     print(f"wrote {res.checkpoint} (epoch {res.meta['epoch']}/{p.epochs}, final loss {res.final_loss:.4f}, "
           f"{res.seconds:.0f}s; history in {Path(out) / 'history.json'})")
     return 0

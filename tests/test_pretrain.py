@@ -81,7 +81,7 @@ def test_advcl_step_runs_under_bf16_autocast_with_float32_losses(sample):
 
 
 def test_lr_schedule_warms_up_from_one_percent_and_ends_near_one_thousandth():
-    f = [pt.lr_factor(s, 10, 100) for s in range(100)]
+    f = [pt.lr_factor(s, 10, 100) for s in range(100)]      # per step, from 0.01 to 1e-3
     assert f[0] == pytest.approx(0.01) and f[5] == pytest.approx(0.01 + 0.99 * 0.5)
     assert f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))            # cosine decays monotonically
@@ -100,6 +100,7 @@ def advcl_runs(sample, tmp_path_factory):
     full = pt.pretrain("advcl", "smoke", out_dir=root / "full", **kw)
     part = pt.pretrain("advcl", "smoke", out_dir=root / "resumed", max_epochs=1, ckpt_every=5, **kw)
     part.files = sorted(f.name for f in (root / "resumed").iterdir())    # before resuming
+    part.labels = sorted(str(f.relative_to(root / "resumed")) for f in (root / "resumed" / "pseudo-labels").rglob("*.pt"))
     resumed = pt.pretrain("advcl", "smoke", out_dir=root / "resumed", **kw)
     return full, part, resumed, kw
 
@@ -108,7 +109,9 @@ def test_resuming_an_interrupted_run_reaches_the_same_weights(advcl_runs):
     full, part, resumed, _ = advcl_runs
     # stopped after epoch 1: last.pt written although ckpt_every=5, no final.pt yet
     assert part.checkpoint.name == "last.pt" and part.meta["epoch"] == 1
-    assert part.files == ["history.json", "last.pt"]
+    assert part.files == ["history.json", "last.pt", "pseudo-labels"]   # AdvCL made its own pseudo-labels
+    assert part.labels == ["pseudo-labels/pretrain/simclr/final.pt", "pseudo-labels/pretrain/simclr/last.pt",
+                           "pseudo-labels/pseudo_labels/simclr.pt"]
     assert resumed.checkpoint.name == "final.pt" and resumed.meta["epoch"] == 2
     assert _states_equal(full.net, resumed.net)
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
@@ -129,8 +132,10 @@ def test_history_json_sits_beside_the_checkpoints(advcl_runs):
 def test_advcl_routes_are_separate_and_the_encoder_loads_strictly(advcl_runs):
     full, *_ = advcl_runs
     net, meta = pt.load_pretrained(full.checkpoint)
-    assert net.routes == ("normal", "pgd") and meta["eval_route"] == "pgd"
+    assert net.routes == ("normal", "pgd", "pgd_ce") and meta["eval_route"] == "pgd"
     assert meta["config"]["training"]["attack_mode"] == "train"     # the smoke preset attacks as the original
+    assert meta["config"]["pseudo"] and meta["pseudo_ks"] == [2, 10]   # the original's Ks up to N/2 = 32
+    assert meta["config"]["training"]["base_temperature"] == 0.07
     bns = [m for m in net.modules() if isinstance(m, RoutedBatchNorm2d)]
     assert len(bns) == 20                                           # 17 block BNs + 3 shortcut BNs
     assert all(not torch.allclose(m.bns["normal"].running_mean, m.bns["pgd"].running_mean) for m in bns)
@@ -144,7 +149,7 @@ def test_advcl_routes_are_separate_and_the_encoder_loads_strictly(advcl_runs):
 
 def test_mismatched_configuration_does_not_resume(advcl_runs):
     full, _, _, kw = advcl_runs
-    with pytest.raises(CheckpointError, match=r"different configuration.*training\.lr: 0\.1 -> 0\.2.*resume=False"):
+    with pytest.raises(CheckpointError, match=r"different configuration.*training\.lr: 0\.0625 -> 0\.2.*resume=False"):
         pt.pretrain("advcl", "smoke", out_dir=full.checkpoint.parent, **{**kw, "lr": 0.2})
     with pytest.raises(CheckpointError, match=r"view: 'hfc' -> 'none'"):
         pt.pretrain("advcl", "smoke", out_dir=full.checkpoint.parent, view="none", **kw)
@@ -177,8 +182,10 @@ def test_simclr_has_one_route_and_acl_two(sample, tmp_path):
     kw = dict(data=sample, device="cpu", progress=False, epochs=1, **TINY)
     simclr = pt.pretrain("simclr", "smoke", out_dir=tmp_path / "s", **kw)
     assert simclr.net.routes == ("normal",) and simclr.meta["eval_route"] == "normal"
+    assert simclr.meta["head"] == "acl" and simclr.meta["config"]["training"]["acl_optimizer"] == "lars"
     acl = pt.pretrain("acl", "smoke", out_dir=tmp_path / "a", **kw)
     assert acl.net.routes == ("normal", "pgd") and acl.meta["eval_route"] == "pgd"
+    assert acl.meta["head"] == "acl" and not (tmp_path / "a" / "pseudo-labels").exists()
     assert acl.meta["config"]["training"]["attack_mode"] == "eval"     # ACL's original attacks in eval mode
     assert set(acl.history[0]) >= {"loss", "loss_clean", "loss_adv"}
 
@@ -207,7 +214,7 @@ def test_non_finite_weights_are_never_written(sample, tmp_path):
     # lr = inf: the first loss is finite, the update makes the weights inf/NaN, the save must refuse
     kw = dict(data=sample, device="cpu", progress=False, epochs=1, train_subset=32, batch_size=32, base_width=4)
     with pytest.raises(pt.NonFiniteLossError, match=r"weights .* non-finite.*nothing was written.*\(none yet\)"):
-        pt.pretrain("simclr", "smoke", out_dir=tmp_path, lr=float("inf"), **kw)
+        pt.pretrain("advcl", "smoke", out_dir=tmp_path, lr=float("inf"), pseudo_labels=False, **kw)
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "final.pt").exists()
 
 
@@ -223,18 +230,20 @@ def test_get_or_train_reuses_a_finished_run_and_retrains_on_change(sample, tmp_p
     # finetuning/evaluation settings do not change a pretraining run
     assert pt.get_or_train("simclr", P.replace(eval_n=7, ft_epochs=3), tmp_path, data=sample, device="cpu",
                            progress=False).cached
-    changed = pt.get_or_train("simclr", P, tmp_path, data=sample, device="cpu", progress=False, lr=0.05)
+    # AdvCL's SGD lr does not enter a LARS run; ACL's lr does
+    assert pt.get_or_train("simclr", P, tmp_path, data=sample, device="cpu", progress=False, lr=0.05).cached
+    changed = pt.get_or_train("simclr", P, tmp_path, data=sample, device="cpu", progress=False, acl_lr=0.05)
     assert not changed.cached and not _states_equal(first.net, changed.net)
-    assert load_checkpoint(changed.checkpoint)["meta"]["config"]["training"]["lr"] == 0.05
+    assert load_checkpoint(changed.checkpoint)["meta"]["config"]["training"]["acl_lr"] == 0.05
 
 
 def test_get_or_train_starts_over_when_a_partial_run_has_another_configuration(sample, tmp_path):
     P = get_preset("smoke", epochs=2, **TINY)
     out = tmp_path / "pretrain" / "simclr"
-    pt.pretrain("simclr", P.replace(lr=0.3), out_dir=out, data=sample, device="cpu", progress=False, max_epochs=1)
+    pt.pretrain("simclr", P.replace(acl_lr=0.3), out_dir=out, data=sample, device="cpu", progress=False, max_epochs=1)
     res = pt.get_or_train("simclr", P, tmp_path, data=sample, device="cpu", progress=False)
     assert not res.cached and res.meta["epoch"] == 2
-    assert load_checkpoint(res.checkpoint)["meta"]["config"]["training"]["lr"] == P.lr
+    assert load_checkpoint(res.checkpoint)["meta"]["config"]["training"]["acl_lr"] == P.acl_lr
 
 
 def test_bad_arguments_raise_clear_errors(sample, tmp_path):
@@ -251,13 +260,14 @@ def test_bad_arguments_raise_clear_errors(sample, tmp_path):
 def test_cli_pretrain_at_smoke(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["pretrain", "--preset", "smoke", "--method", "advcl", "--view", "none", "--out", str(out),
-            "--device", "cpu", "--no-progress", "--recompute-anchors",
+            "--device", "cpu", "--no-progress", "--recompute-anchors", "--no-pseudo-labels",
             "--set", "train_subset=64", "--set", "batch_size=32", "--set", "base_width=4"]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out / 'final.pt'} (epoch 1/1, final loss" in printed
     net, meta = pt.load_pretrained(out / "final.pt")
-    assert meta["run_name"] == "advcl-none" and meta["recompute_anchors"] is True and meta["view"] == "none"
+    assert meta["run_name"] == "advcl-none-nopl" and meta["recompute_anchors"] is True and meta["view"] == "none"
+    assert meta["pseudo_ks"] == [] and not meta["config"]["pseudo"] and "pgd_ce" not in meta["routes"]
     assert (out / "history.json").exists()
     # a different configuration into the same folder is one clear error line (exit 2)
     assert cli_main(args + ["--set", "lr=0.5"]) == 2
@@ -278,3 +288,79 @@ def test_notebook_02_smoke(run_nb):
     assert rec["x_cl_linf"] <= 8 / 255 + 1e-6
     assert rec["attack_loss_gain"] > 0             # x_cl raised the 4-view loss above the clean o
     assert rec["h_min"] < 0 < rec["h_max"]         # h is signed, unclipped
+
+
+# --------------------------------------------------------------------------- fidelity to the original codes
+
+def _route_stats(net, route):
+    return [m.bns[route].running_mean.clone() for m in net.modules() if isinstance(m, RoutedBatchNorm2d)]
+
+
+def _moved(before, after):
+    return any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("attack_mode", ["train", "eval"])
+def test_advcl_attack_mode_decides_whether_running_statistics_move(sample, attack_mode):
+    """Train mode (the original's net.train()) updates the attacked routes' running statistics, eval mode does not."""
+    from advcl_lite.attacks import ContrastivePGD, PseudoLabelPGD
+    x = sample.tensors(8)[0]
+    torch.manual_seed(0)
+    net = pt.build_net("advcl", 4, (2, 5)).train()
+    t1, t2, o = x, x.flip(3), x.roll(1, 2)
+    before = {r: _route_stats(net, r) for r in ("normal", "pgd", "pgd_ce")}
+    ContrastivePGD(net, 8 / 255, 2 / 255, 2, mode=attack_mode)(o, anchors=[t1, t2])
+    PseudoLabelPGD(net, 8 / 255, 2 / 255, 2, mode=attack_mode)(o, targets=[torch.zeros(8, dtype=torch.long)] * 2)
+    after = {r: _route_stats(net, r) for r in ("normal", "pgd", "pgd_ce")}
+    for r in ("normal", "pgd", "pgd_ce"):
+        assert _moved(before[r], after[r]) == (attack_mode == "train"), r
+    assert net.training                                    # the attack restores the mode
+
+
+def test_acl_attack_leaves_running_statistics_unchanged(sample):
+    from advcl_lite.attacks import attack_pair
+    x = sample.tensors(8)[0]
+    net = pt.build_net("acl", 4, head="acl").train()
+    before = {r: _route_stats(net, r) for r in ("normal", "pgd")}
+    attack_pair(net, x, x.flip(3), 8 / 255, 2 / 255, 2, mode=pt.ACL_ATTACK_MODE)
+    assert all(not _moved(before[r], _route_stats(net, r)) for r in ("normal", "pgd"))
+
+
+def test_advcl_loss_is_the_originals_composition(sample):
+    """L = (tau / base_temperature) * L_CL + lambda * L_PS, as pretraining_advCL.py with SupConLoss."""
+    x = sample.tensors(8)[0]
+    ks = (2, 5)
+    targets = [torch.randint(0, k, (8,), generator=torch.Generator().manual_seed(k)) for k in ks]
+    for base_t, scale in ((0.07, 0.5 / 0.07), (0.5, 1.0)):
+        P = get_preset("smoke", base_width=4, pgd_steps=1, base_temperature=base_t)
+        torch.manual_seed(0)
+        net = pt.build_net("advcl", 4, ks).train()
+        out = pt.PretrainStep("advcl", net, P, use_pseudo=True)(x, torch.Generator().manual_seed(0), targets)
+        assert out["loss"].item() == pytest.approx(scale * out["loss_cl"].item() + 0.2 * out["loss_ps"].item(),
+                                                   rel=1e-6)
+
+
+def test_presets_keep_the_originals_method_settings():
+    for name in ("smoke", "quick", "benchmark", "paper"):
+        p = get_preset(name)
+        assert (p.pgd_steps, p.attack_mode, p.base_temperature, p.pseudo_lambda) == (5, "train", 0.07, 0.2), name
+        assert p.pseudo_ks == (2, 10, 50, 100, 500) and p.acl_optimizer == "lars" and p.acl_head == "acl", name
+        assert (p.ft_pgd_steps, p.eval_pgd_steps) == (10, 20), name
+        assert p.warmup_epochs == pytest.approx(p.epochs / 100) or name == "smoke", name
+        assert p.lr == pytest.approx(0.5 * p.batch_size / 512) and p.acl_lr == pytest.approx(5.0 * p.batch_size / 512)
+    assert get_preset("paper").advcl_lr_per_epoch is True
+
+
+def test_advcl_builds_pseudo_label_heads_by_default_and_the_ablation_is_explicit(sample, tmp_path):
+    P = get_preset("smoke", epochs=1, **TINY)
+    with_pl = pt.get_or_train("advcl", P, tmp_path, data=sample, device="cpu", progress=False)
+    assert with_pl.checkpoint == tmp_path / "pretrain" / "advcl" / "final.pt"
+    assert with_pl.net.pseudo_ks == (2, 10) and "pgd_ce" in with_pl.net.routes
+    assert (tmp_path / "pretrain" / "simclr" / "final.pt").exists()          # the labels' source encoder
+    assert (tmp_path / "pseudo_labels" / "simclr.pt").exists()
+    assert set(with_pl.history[0]) >= {"loss", "loss_cl", "loss_ps"}
+    without = pt.get_or_train("advcl", P, tmp_path, data=sample, device="cpu", progress=False, pseudo_labels=False)
+    assert without.checkpoint == tmp_path / "pretrain" / "advcl-nopl" / "final.pt"
+    assert without.net.pseudo_ks == () and "pgd_ce" not in without.net.routes
+    with pytest.raises(ValueError, match="labels_dir=.*pseudo_labels=False"):
+        pt._resolve("advcl", P, sample, "hfc", None, "auto", {})

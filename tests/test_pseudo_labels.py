@@ -261,7 +261,8 @@ def test_advcl_with_labels_runs_a_step(tmp_path, labels64, tiny_preset):
                    device="cpu", progress=False)
     h = res.history[-1]
     assert np.isfinite(h["loss"]) and h["loss_ps"] > 0
-    assert h["loss"] == pytest.approx(h["loss_cl"] + tiny_preset.pseudo_lambda * h["loss_ps"], rel=1e-5)
+    scale = tiny_preset.temperature / tiny_preset.base_temperature       # the original's SupConLoss factor
+    assert h["loss"] == pytest.approx(scale * h["loss_cl"] + tiny_preset.pseudo_lambda * h["loss_ps"], rel=1e-5)
     assert res.meta["pseudo_ks"] == [2, 5]
     assert res.meta["config"]["pseudo_labels"] == json.loads(json.dumps(labels64.describe()))
 
