@@ -3,11 +3,13 @@
 Runs, for one preset and one or more seeds, on the CIFAR-10 JPEG zip (or any
 ImageFolder / torchvision dataset given with --data):
 
-* pretraining: SimCLR, ACL, AdvCL (HFC view) at every seed, then - at the first seed only -
-  AdvCL with pseudo-labels (k-means on that seed's SimCLR features), AdvCL with
-  the LFC view instead of HFC, and AdvCL without the fourth view;
-* finetuning: SLF for every encoder; ALF at the first seed for SimCLR, ACL, AdvCL
-  and AdvCL with pseudo-labels (``--alf-all``: every encoder; AFF with --aff);
+* pretraining, with the original codes' settings (``advcl_lite.presets``): SimCLR, ACL and
+  AdvCL (with its pseudo-labels: k-means on that seed's SimCLR features) at every seed, and
+  a random-init encoder (the floor a pretrained encoder must clear); then, at the first seed
+  only, the ablations of AdvCL: without pseudo-labels, the LFC view instead of HFC, no fourth
+  view, the attack in eval mode, and the contrastive loss without the x7.14;
+* finetuning: SLF for every encoder; ALF at the first seed for SimCLR, ACL and AdvCL
+  unless --no-alf (``--alf-all``: every encoder; AFF with --aff);
 * evaluation: SA and PGD-20 RA on the preset's ``eval_n`` test images, with
   95% Wilson intervals.
 
@@ -19,7 +21,7 @@ Writes, after every evaluation,
 ``results.json`` / ``results.csv`` and ``results.md`` (a markdown table) there,
 and ``results.png``.
 
-    python benchmarks/results.py --preset quick --data ../shared/data/cifar10-jpeg.zip --seeds 0 1 --out benchmarks/out/quick
+    python benchmarks/results.py --preset benchmark --data ../shared/data/cifar10-jpeg.zip --seeds 0 1 --no-alf
 """
 from __future__ import annotations
 
@@ -35,17 +37,17 @@ from advcl_lite import get_preset
 from advcl_lite.data import load_dataset
 from advcl_lite.evaluate import evaluate, format_result, load_records, make_record, plot_results, save_records
 from advcl_lite.finetune import get_or_finetune
-from advcl_lite.pretrain import get_or_train, pretrain_dataset
-from advcl_lite.pseudo_labels import PseudoLabels, make_pseudo_labels
+from advcl_lite.models import ResNet18
+from advcl_lite.pretrain import auto_pseudo_labels, get_or_train, pretrain_dataset
 
-HEADLINE = [("simclr", "hfc", False), ("acl", "hfc", False), ("advcl", "hfc", False)]
-EXTRA = [("advcl", "hfc", True), ("advcl", "lfc", False), ("advcl", "none", False)]
-
-
-def label(method: str, view: str, pseudo: bool) -> str:
-    if method != "advcl":
-        return {"simclr": "SimCLR", "acl": "ACL"}[method]
-    return "AdvCL" + {"hfc": "", "lfc": " (LFC view)", "none": " (no 4th view)"}[view] + (" + pseudo-labels" if pseudo else "")
+# (row label, method, view, pseudo-labels, preset overrides); "random" is an untrained encoder
+HEADLINE = [("SimCLR", "simclr", "hfc", False, {}), ("ACL", "acl", "hfc", False, {}),
+            ("AdvCL", "advcl", "hfc", True, {}), ("Random init", "random", None, False, {})]
+EXTRA = [("AdvCL without pseudo-labels", "advcl", "hfc", False, {}),   # most informative first
+         ("AdvCL (eval-mode attack)", "advcl", "hfc", True, {"attack_mode": "eval"}),
+         ("AdvCL (unscaled loss)", "advcl", "hfc", True, {"base_temperature": 0.5}),
+         ("AdvCL (LFC view)", "advcl", "lfc", True, {}),
+         ("AdvCL (no 4th view)", "advcl", "none", True, {})]
 
 
 def _pct(v) -> str:
@@ -76,12 +78,18 @@ def claims(records) -> list[str]:
             ok = a["ra"] > c["ra"] > s_["ra"]
             out.append(f"| AdvCL > ACL > SimCLR | {seed} | AdvCL {a['ra'] * 100:.1f}, ACL {c['ra'] * 100:.1f}, "
                        f"SimCLR {s_['ra'] * 100:.1f} | {'yes' if ok else 'no'} |")
-    for other, what in (("AdvCL (LFC view)", "HFC view beats the LFC view"), ("AdvCL (no 4th view)", "HFC view beats no 4th view"),
-                        ("AdvCL + pseudo-labels", "pseudo-labels add robustness")):
+    pairs = [("AdvCL", "ACL", "AdvCL beats ACL"), ("ACL", "SimCLR", "ACL beats SimCLR"),
+             ("AdvCL", "Random init", "AdvCL beats a random encoder"), ("SimCLR", "Random init", "SimCLR beats a random encoder"),
+             ("AdvCL", "AdvCL without pseudo-labels", "pseudo-labels add robustness"),
+             ("AdvCL", "AdvCL (LFC view)", "HFC view beats the LFC view"),
+             ("AdvCL", "AdvCL (no 4th view)", "HFC view beats no 4th view"),
+             ("AdvCL", "AdvCL (eval-mode attack)", "the original's train-mode attack beats eval mode"),
+             ("AdvCL", "AdvCL (unscaled loss)", "the original's x7.14 loss beats the unscaled one")]
+    for a_name, b_name, what in pairs:
         for seed in seeds:
-            o, a = _rows(records, other, seed=seed), _rows(records, "AdvCL", seed=seed)
+            a, o = _rows(records, a_name, seed=seed), _rows(records, b_name, seed=seed)
             if o and a:
-                first, second = (o[0], a[0]) if other.endswith("pseudo-labels") else (a[0], o[0])
+                first, second = a[0], o[0]
                 names = f"{first['method']} vs {second['method']}"
                 ok = first["ra"] > second["ra"] and "do not overlap" in _cmp(first, second)
                 out.append(f"| {what} | {seed} | {names}: {_cmp(first, second)} | "
@@ -117,30 +125,36 @@ def main() -> None:
     # the headline comparison at every seed first, then the ablations at the first seed
     jobs = [(si, seed, run) for si, seed in enumerate(args.seeds) for run in HEADLINE]
     jobs += [] if args.no_extra else [(0, args.seeds[0], run) for run in EXTRA]
-    for si, seed, (method, view, pseudo) in jobs:
+    labels = {}
+    for si, seed, (name, method, view, pseudo, extra) in jobs:
         P = get_preset(args.preset, seed=seed, data=args.data)
         work = out / f"seed{seed}"
         pt_ds = pretrain_dataset(P, train_full)   # the images this preset and seed pretrain on
-        pl = None
-        if pseudo:
-            simclr = get_or_train("simclr", P, work, data=train_full, device=args.device)
-            pl_path = work / "pseudo_labels" / "simclr.pt"
-            t0 = time.perf_counter()
-            if pl_path.exists():
-                pl = PseudoLabels.load(pl_path, dataset=pt_ds)
-            else:
-                pl = make_pseudo_labels(simclr.checkpoint, pt_ds, ks=P.pseudo_ks, seed=seed, device=args.device)
-                pl.save(pl_path)
-                stage_times.append({"stage": "pseudo-labels (k-means)", "seed": seed, "seconds": time.perf_counter() - t0})
-        res = get_or_train(method, P, work, data=train_full, view=view, pseudo_labels=pl, device=args.device)
-        pt_secs = sum(h["seconds"] for h in res.history)
-        name = label(method, view, pseudo)
-        stage_times.append({"stage": f"pretrain {name}", "seed": seed, "seconds": pt_secs})
-        alf = si == 0 and not args.no_alf and (args.alf_all or view == "hfc")
+        if method == "random":                   # the floor: an untrained encoder, seeded
+            torch.manual_seed(seed)
+            encoder, pt_secs, ft_name = ResNet18(P.base_width), 0.0, "random"
+        else:
+            pl = False
+            if pseudo:
+                if seed not in labels:           # k-means on this seed's SimCLR features, once per seed
+                    t0 = time.perf_counter()
+                    labels[seed] = auto_pseudo_labels(P, pt_ds, work, device=args.device)
+                    if not labels[seed].meta.get("cached"):
+                        stage_times.append({"stage": "pseudo-labels (k-means)", "seed": seed,
+                                            "seconds": time.perf_counter() - t0})
+                pl = labels[seed]
+            # an ablation that changes preset fields gets its own folder, so it never replaces the headline run
+            run_dir = work if not extra else work / ("ablation-" + "-".join(f"{k}={v}" for k, v in extra.items()))
+            res = get_or_train(method, P.replace(**extra), run_dir, data=train_full, view=view, pseudo_labels=pl,
+                               device=args.device)
+            pt_secs = sum(h["seconds"] for h in res.history)
+            encoder, ft_name = res.checkpoint, f"{run_dir.name}-{res.checkpoint.parent.name}" if extra else res.checkpoint.parent.name
+            stage_times.append({"stage": f"pretrain {name}", "seed": seed, "seconds": pt_secs})
+        alf = si == 0 and not args.no_alf and (args.alf_all or name in ("SimCLR", "ACL", "AdvCL"))
         schemes = ["slf"] + (["alf"] if alf else []) + (["aff"] if (args.aff and si == 0) else [])
         for scheme in schemes:
-            ft_dir = work / "finetune" / f"{res.checkpoint.parent.name}-{scheme}"
-            ft = get_or_finetune(res.checkpoint, scheme, P, ft_dir, data=train_full, device=args.device)
+            ft_dir = work / "finetune" / f"{ft_name}-{scheme}"
+            ft = get_or_finetune(encoder, scheme, P, ft_dir, data=train_full, device=args.device)
             val = ft.val or {}
             t1 = time.perf_counter()
             r = evaluate(ft.model, test, attack="pgd20", n=P.eval_n, device=args.device, seed=seed)
@@ -152,6 +166,8 @@ def main() -> None:
                                        val_sa=val.get("val_sa"), val_ra=val.get("val_ra"), val_n=val.get("val_n"),
                                        best_epoch=ft.best_epoch))
             save_records(records, out / "results.json")  # after every row: an interrupted call keeps them
+            write_report(records, out, f"Preset `{args.preset}`, data `{args.data}`, seeds {args.seeds} "
+                                       f"(partial: {len(records)} rows so far).")
     save_records(records, out / "results.json")
     save_records(records, out / "results.csv")
     (out / "stage_times.json").write_text(json.dumps(stage_times, indent=1))
