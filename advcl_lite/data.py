@@ -414,7 +414,7 @@ def color_jitter(x: torch.Tensor, brightness=0.4, contrast=0.4, saturation=0.4, 
 
 
 def simclr_view(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-    """One SimCLR view per image (spec section 1): RandomResizedCrop(scale 0.2-1), flip,
+    """One SimCLR view per image (as ``pretraining_advCL.py``'s transform): RandomResizedCrop(scale 0.2-1), flip,
     ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2. (N,3,H,W) in [0,1] -> same."""
     n = x.shape[0]
     x = random_flip(random_resized_crop(x, g=g), 0.5, g)

@@ -1,7 +1,7 @@
 """Clean and robust accuracy, with confidence intervals, and tidy result records.
 
 One evaluation loop, :func:`evaluate`, takes an *attack hook*: ``None`` (clean
-accuracy only), ``"pgd20"`` (the spec's RA: L-inf PGD, eps 8/255, step 2/255,
+accuracy only), ``"pgd20"`` (the paper's RA: L-inf PGD, eps 8/255, step 2/255,
 20 steps, random start, cross-entropy), ``"pgd<K>"`` (the same with K steps),
 ``"autoattack"`` (AutoAttack's standard version through the authors' package,
 ``pyautoattack``), or any callable ``attack(images, labels) -> adv_images`` on
@@ -392,7 +392,7 @@ def records_table(records: Sequence[dict[str, Any]], metrics: Sequence[str] = ("
 PAPER_SCALE = "ResNet-18 (width 64), 1000 pretraining epochs on all 50,000 CIFAR-10 images, full 10,000-image test set"
 PAPER_SCALE_SHORT = "full: width 64, 1000 ep., 50k images"
 _LEADERBOARD = "RobustSSL leaderboard (independent re-evaluation)"
-_LB = {  # method: (SLF AA, SLF SA, ALF AA, ALF SA, AFF AA, AFF SA), spec section 8, percent
+_LB = {  # method: (SLF AA, SLF SA, ALF AA, ALF SA, AFF AA, AFF SA), RobustSSL leaderboard, percent
     "DynACL-AIR++": (46.99, 81.80, 48.23, 79.56, 50.79, 82.36),
     "DynACL++": (46.54, 79.82, 47.98, 78.81, 50.34, 81.93),
     "AdvCL": (43.18, 82.36, 44.05, 80.04, 49.61, 83.00),
@@ -417,7 +417,7 @@ REFERENCE_RESULTS: list[dict[str, Any]] = (
        _ref(_LEADERBOARD, "AdvCL", "SLF", 62.78, aa=28.38, finetune_data="stl10"),
        _ref(_LEADERBOARD, "AdvCL", "AFF", 68.14, aa=33.84, finetune_data="stl10")]
 )
-"""Published numbers (spec section 8) as records: accuracies as fractions; RA is PGD-20, AA AutoAttack.
+"""Published numbers (the AdvCL paper and the RobustSSL leaderboard) as records: accuracies as fractions; RA is PGD-20, AA AutoAttack.
 For CIFAR-100 the pretraining data is CIFAR-100 itself; for STL-10 it is CIFAR-10 (resized transfer)."""
 for _r in REFERENCE_RESULTS:
     if _r["finetune_data"] == "cifar100":

@@ -1,4 +1,4 @@
-"""Finetuning a pretrained encoder: SLF, ALF and AFF on one loop (spec section 7).
+"""Finetuning a pretrained encoder: SLF, ALF and AFF on one loop (the paper's section 5 and the original ``finetuning_advCL_SLF.py``).
 
 A pretrained encoder becomes a classifier ``Classifier(encoder, num_classes)``
 (encoder + linear head on [0, 1] images). Three schemes decide what is trained:
@@ -17,7 +17,7 @@ A pretrained encoder becomes a classifier ``Classifier(encoder, num_classes)``
 Optimisation: SGD, momentum ``preset.momentum`` (0.9), weight decay 2e-4,
 lr ``ft_lr`` and batch ``ft_batch_size`` for SLF/ALF, ``aff_lr`` and
 ``aff_batch_size`` for AFF; ``ft_epochs`` epochs with the lr divided by 10 at 60 %
-and 80 % of them (the spec's epochs 15 and 20 of 25). Augmentation: crop+flip.
+and 80 % of them (the original's epochs 15 and 20 of 25). Augmentation: crop+flip.
 
 **Model selection.** The original picks its best epoch on the *test* set. Here
 ``val_fraction`` of the (``ft_subset``) training images is held out, stratified by

@@ -25,7 +25,7 @@ def _check_images(x: torch.Tensor) -> None:
 
 def _check_radius(r: float, name: str = "r") -> None:
     if r < 0:
-        raise ValueError(f"radius {name}={r} must be >= 0 (0 keeps nothing in the disk; the spec uses 8 for 32x32)")
+        raise ValueError(f"radius {name}={r} must be >= 0 (0 keeps nothing in the disk; the original uses 8 for 32x32)")
 
 
 @lru_cache(maxsize=64)
@@ -98,7 +98,7 @@ def band_pass(x: torch.Tensor, r_in: float, r_out: float) -> torch.Tensor:
 
 
 def scaled_radius(image_size: int, r32: float = 8.0) -> float:
-    """The spec's r = 8 for 32x32, scaled in proportion to the image size."""
+    """The original's r = 8 for 32x32 (``pretraining_advCL.py --radius``), scaled in proportion to the image size."""
     return r32 * image_size / 32.0
 
 

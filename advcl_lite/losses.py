@@ -10,9 +10,11 @@ mean over positives of ``-log softmax(sim / tau)``, averaged over anchors:
 
 where ``s_ak = z_a . z_k`` (cosine similarity for unit vectors). With V = 2
 this is SimCLR's NT-Xent. The loss does not depend on the order of the views
-nor on the order of the images. (The original AdvCL code multiplies the loss
-by 0.5/0.07 ~ 7.14 through an unchanged base-temperature default; we do not,
-so our values are 7.14x smaller than the original's log for the same state.)
+nor on the order of the images. The original AdvCL code (``losses.py``,
+``SupConLoss``) multiplies it by temperature / base_temperature = 0.5 / 0.07 ~ 7.14;
+that factor is applied by AdvCL's training step (``advcl_lite.pretrain``,
+preset field ``base_temperature``), not here: with SGD it is a 7.14x larger step on
+the contrastive term, not a harmless rescaling.
 
 All three losses are computed in float32 even inside an autocast region
 (bf16 similarities would cost the contrastive loss two significant digits).

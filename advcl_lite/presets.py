@@ -42,16 +42,16 @@ class Preset:
     acl_weight_decay: float = 1e-6
     lars_eta: float = 1e-3            # LARS trust coefficient
     acl_head: str = "acl"             # SimCLR/ACL projection head: "acl" (3 layers, BN per route) or "advcl"
-    # pretraining attack (spec section 4)
+    # pretraining attack (pretraining_advCL.py: AttackPGD)
     eps: float = 8 / 255
     alpha: float = 2 / 255
     pgd_steps: int = 5
     attack_mode: str = "train"        # AdvCL's attack: "train" as the original, or "eval" (ACL always attacks in eval)
-    # AdvCL views and pseudo-labels (spec sections 1, 3, 5)
+    # AdvCL views and pseudo-labels (pretraining_advCL.py)
     hfc_radius: float = 8.0
     pseudo_ks: tuple[int, ...] = (2, 10, 50, 100, 500)   # K > N/2 is dropped for small training sets
     pseudo_lambda: float = 0.2
-    # finetuning (spec section 7)
+    # finetuning (the paper's SLF / ALF / AFF)
     ft_epochs: int = 10
     ft_lr: float = 0.01               # SLF / ALF
     aff_lr: float = 0.1               # AFF (TRADES)

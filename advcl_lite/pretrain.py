@@ -281,6 +281,14 @@ def auto_pseudo_labels(preset: Preset, ds: ImageDataset, work_dir: str | os.Path
     ``work_dir/pseudo_labels/simclr.pt``. The original clustered an ImageNet-pretrained model's features,
     which cannot be had offline; any other labels can be passed as ``pseudo_labels=``."""
     from .pseudo_labels import get_or_make_pseudo_labels
+    final = Path(work_dir) / "pretrain" / "simclr" / "final.pt"
+    stored = _stored_config(final) if final.exists() else None
+    want = _resolve("simclr", preset, ds, "hfc", None, False, {})[-1]
+    if stored is not None and stored != want:     # a run of the user's: never replaced without a flag
+        diff = "; ".join(_config_diff(stored, want)[:4])
+        raise ValueError(f"AdvCL's pseudo-labels need a SimCLR run at this preset, but {final} was trained with "
+                         f"another configuration ({diff}); make labels from it with `advcl-lite pseudo-labels "
+                         f"--encoder {final}` and pass --pseudo-labels FILE, or use another --out / work_dir")
     simclr = get_or_train("simclr", preset, work_dir, data=ds, device=device, progress=progress)
     return get_or_make_pseudo_labels(Path(work_dir) / "pseudo_labels" / "simclr.pt", simclr.checkpoint, ds,
                                      ks=preset.pseudo_ks, seed=preset.seed, device=device, progress=progress,

@@ -1,9 +1,11 @@
 """Cluster pseudo-labels: features of a frozen standard encoder, k-means once per K.
 
-AdvCL's pseudo-supervision (spec sections 3 and 5) adds, to the contrastive
+AdvCL's pseudo-supervision (Fan et al. 2021, section 4; ``pretraining_advCL.py``) adds, to the contrastive
 loss, a cross-entropy term on an adversarial view x_ce against cluster labels::
 
-    L = L_CL(t1, t2, x_cl, h) + lambda * 1/|K| * sum_K CE(head_K(f(x_ce; pgd_ce)), y_K)
+    L = 7.14 * L_CL(t1, t2, x_cl, h) + lambda * 1/|K| * sum_K CE(head_K(f(x_ce; pgd_ce)), y_K)
+
+(7.14 = temperature / base_temperature = 0.5 / 0.07, the original ``SupConLoss``'s factor; lambda = 0.2).
 
 The original release ships five label arrays (K = 2, 10, 50, 100, 500) made by
 clustering features of an ImageNet "ClusterFit" model whose code was never

@@ -14,7 +14,7 @@ def _unit(*shape, seed=0):
 
 
 def _reference(views, tau):
-    """Spec section 5, one anchor and one positive at a time, in plain Python loops."""
+    """The multi-view loss, one anchor and one positive at a time, in plain Python loops."""
     nv, b = len(views), views[0].shape[0]
     items = [(v, i) for v in range(nv) for i in range(b)]          # (view, image) of every embedding
     total = 0.0

@@ -19,7 +19,7 @@ def test_the_four_presets_exist_and_are_valid():
     assert smoke.epochs <= quick.epochs and smoke.base_width <= quick.base_width and smoke.eval_n <= quick.eval_n
 
 
-def test_paper_preset_matches_the_spec():
+def test_paper_preset_matches_the_original():
     p = PRESETS["paper"]
     assert (p.base_width, p.batch_size, p.epochs, p.lr, p.momentum, p.weight_decay, p.warmup_epochs) == \
         (64, 512, 1000, 0.5, 0.9, 1e-4, 10)

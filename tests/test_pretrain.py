@@ -364,3 +364,12 @@ def test_advcl_builds_pseudo_label_heads_by_default_and_the_ablation_is_explicit
     assert without.net.pseudo_ks == () and "pgd_ce" not in without.net.routes
     with pytest.raises(ValueError, match="labels_dir=.*pseudo_labels=False"):
         pt._resolve("advcl", P, sample, "hfc", None, "auto", {})
+
+
+def test_auto_pseudo_labels_never_replace_a_simclr_run_of_another_configuration(sample, tmp_path):
+    P = get_preset("smoke", epochs=1, **TINY)
+    mine = pt.get_or_train("simclr", P.replace(acl_lr=0.3), tmp_path, data=sample, device="cpu", progress=False)
+    digest = _sha(mine.checkpoint)
+    with pytest.raises(ValueError, match=r"was trained with another configuration.*acl_lr.*--pseudo-labels FILE"):
+        pt.get_or_train("advcl", P, tmp_path, data=sample, device="cpu", progress=False)
+    assert _sha(mine.checkpoint) == digest
