@@ -160,3 +160,79 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}. Was it saved for another "
                               f"width, method or number of classes? Build the model from the checkpoint's meta.")
     target.load_state_dict(sd, strict=True)
+
+
+# --------------------------------------------------------------------------- run folders: writable, one writer
+
+class RunLockedError(RuntimeError):
+    """Another live process is writing the same run folder."""
+
+
+LOCK_NAME = ".advcl-lock"
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(f"cannot write to the {what} {str(folder)!r} ({e.strerror or e}); "
+                              f"choose a writable folder (CLI: --out DIR)") from None
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # it exists, owned by someone else
+        return True
+    return True
+
+
+class run_lock:
+    """``with run_lock(folder):`` - the folder is this process's to write until the block ends.
+
+    The lock is a file holding the owner's pid. A second writer gets :class:`RunLockedError` naming
+    the owner; a lock left by a process that no longer runs (killed, crashed) is taken over. The
+    same process may take the lock again (nested calls, e.g. AdvCL training its SimCLR source)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.owned = False
+
+    def __enter__(self) -> "run_lock":
+        check_writable(self.folder, "run folder")
+        me = os.getpid()
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = -1
+                if pid == me:
+                    return self                          # re-entered by the owner
+                if pid > 0 and _pid_alive(pid):
+                    raise RunLockedError(
+                        f"{self.folder} is being written by another run (process {pid}); wait for it to finish "
+                        f"or use another --out. If no such process runs, delete {self.path}") from None
+                self.path.unlink(missing_ok=True)        # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{me}\n")
+            self.owned = True
+            return self
+        raise RunLockedError(f"could not take the lock {self.path}; delete it if no run is writing {self.folder}")
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .presets import PRESETS, get_preset
@@ -67,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="pretraining checkpoint (e.g. a SimCLR run's final.pt)")
     p.add_argument("--k", default="2,10,50,100,500", help="granularities K, comma-separated")
     p.add_argument("--out", default=None, help="output .pt file (default beside the encoder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     p = sub.add_parser("finetune", help="SLF / ALF / AFF finetuning of a pretrained encoder")
     _preset_args(p)
     p.add_argument("--encoder", required=True, help="pretraining checkpoint")
     p.add_argument("--scheme", required=True, choices=["slf", "alf", "aff"])
     p.add_argument("--out", default=None, help="folder for the finetuned model and its metrics")
+    p.add_argument("--overwrite", action="store_true", help="replace a finetuned model already in --out")
 
     p = sub.add_parser("evaluate", help="clean and robust accuracy of a finetuned model")
     _preset_args(p)
@@ -111,18 +114,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Errors print one line (``ADVCL_DEBUG=1``: the full traceback instead)."""
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
+    debug = os.environ.get("ADVCL_DEBUG", "0") not in ("0", "", "false", "no")
     try:
         return _run(args)
-    except (CheckpointError, DataError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; completed checkpoints are kept (run again to resume)", file=sys.stderr)
         return 130
-
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line unless ADVCL_DEBUG=1
+        if debug:
+            raise
+        if isinstance(e, (CheckpointError, DataError, ValueError, FileNotFoundError, RuntimeError)):
+            print(f"error: {e}", file=sys.stderr)
+        elif isinstance(e, OSError):
+            print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; check the path and its "
+                  f"permissions", file=sys.stderr)
+        else:
+            print(f"error: unexpected {type(e).__name__}: {e} (ADVCL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .presets import check_count
+
 IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -78,6 +80,22 @@ class ImageDataset:
         """Stable identity used to match pseudo-labels and checkpoints to data."""
         return f"{self.name}:{self.split}:{len(self)}"
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the pixels and labels (16 hex digits), so that cached runs notice replaced images.
+
+        Memoised per tensor version: an in-place change or a new tensor is hashed again."""
+        key = (id(self.images), self.images._version, id(self.labels), self.labels._version)
+        memo = self.__dict__.get("_fingerprint")
+        if memo is None or memo[0] != key:
+            h = hashlib.blake2b(digest_size=8)
+            h.update(str((tuple(self.images.shape), self.classes)).encode())
+            h.update(self.images.contiguous().numpy().tobytes())
+            h.update(self.labels.contiguous().numpy().tobytes())
+            memo = (key, h.hexdigest())
+            self.__dict__["_fingerprint"] = memo
+        return memo[1]
+
     def subset(self, indices, split: str | None = None) -> "ImageDataset":
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name,
@@ -89,6 +107,7 @@ class ImageDataset:
 
         Batches come straight from the in-memory tensor (no DataLoader workers).
         """
+        batch_size = check_count("batch_size", batch_size, allow_none=False)
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - (n % batch_size) if drop_last else n
@@ -100,11 +119,12 @@ class ImageDataset:
             yield x, self.labels[idx].to(device), idx
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        batch_size = check_count("batch_size", batch_size, allow_none=False)
         return len(self) // batch_size if drop_last else math.ceil(len(self) / batch_size)
 
     def tensors(self, n: int | None = None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` images as float [0, 1] and their labels."""
-        n = len(self) if n is None else min(n, len(self))
+        n = len(self) if n is None else min(check_count("n", n), len(self))
         return self.images[:n].to(device).float().div_(255), self.labels[:n].to(device)
 
 
@@ -137,6 +157,7 @@ def class_interleaved_order(ds: ImageDataset, seed: int = 0) -> list[int]:
 
 def class_balanced_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
     """The first ``n`` images of a seeded, class-interleaved order (all if ``n`` is None or >= len)."""
+    n = check_count("n (a number of images)", n)
     if n is None or n >= len(ds):
         return ds
     idx = torch.tensor(sorted(class_interleaved_order(ds, seed)[:n]))
@@ -149,6 +170,7 @@ def class_interleaved(ds: ImageDataset, n: int | None = None, seed: int = 0) -> 
     Returns ``(x, y)``: float (n, 3, H, W) in [0, 1] and int64 (n,), on the CPU.
     """
     order = class_interleaved_order(ds, seed)
+    n = check_count("n (a number of images)", n)
     idx = torch.tensor(order[:n] if n is not None else order, dtype=torch.long)
     return ds.images[idx].float().div_(255), ds.labels[idx].clone()
 
@@ -204,20 +226,46 @@ def _split_files(names: list[str], split: str, where: str) -> tuple[list[str], l
     return ["/".join(p) for p in sorted(chosen, key=lambda p: (p[-2], p[-1]))], classes
 
 
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"data path {str(path)!r} is not a readable zip ({e}); re-copy or re-create it "
+                        f"(an ImageFolder zip holds <split>/<class>/<image> files)") from None
+
+
+def _content_key(path: Path) -> str:
+    """What determines a folder's or zip's decoded content: every image file's path, size and mtime
+    (directory), or every member's name, size and CRC (zip). The decode cache is keyed on it, so
+    adding, removing, replacing or renaming an image makes a new cache entry."""
+    h = hashlib.sha1()
+    if path.suffix == ".zip":
+        with _open_zip(path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if info.filename.lower().endswith(IMG_EXTS):
+                    h.update(f"{info.filename}|{info.file_size}|{info.CRC}\n".encode())
+    elif path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.suffix.lower() in IMG_EXTS:
+                st = p.stat()
+                h.update(f"{p.relative_to(path).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def load_image_folder(path: str | os.PathLike, split: str = "train", image_size: int | None = None,
                       cache: bool = True) -> ImageDataset:
     """Read an ImageFolder directory or zip (``[<top>/]<split>/<class>/<image>``).
 
     All images must share one square size unless ``image_size`` is given, in
     which case they are resized to it. Decoded arrays are cached under
-    ``$ADVCL_CACHE`` (default ``~/.cache/advcl_lite``) keyed by path, size and mtime.
+    ``$ADVCL_CACHE`` (default ``~/.cache/advcl_lite``) keyed by the path and every image file's
+    path, size and mtime (a zip: every member's name, size and CRC; :func:`_content_key`).
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"data path {str(path)!r} does not exist; pass an ImageFolder directory, "
                         f"a .zip in that layout, or one of: sample, cifar10, cifar100, stl10")
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{split}|{image_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{path.resolve()}|{_content_key(path)}|{split}|{image_size}".encode()).hexdigest()[:16]
     cache_file = _cache_dir() / f"imagefolder-{key}.npz"
     name = path.stem if path.suffix == ".zip" else path.name
     if cache and cache_file.exists():
@@ -228,7 +276,7 @@ def load_image_folder(path: str | os.PathLike, split: str = "train", image_size:
         except Exception:  # noqa: BLE001 - a broken cache is rebuilt
             pass
     if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as zf:
+        with _open_zip(path) as zf:
             names = [n for n in zf.namelist() if n.lower().endswith(IMG_EXTS)]
             files, classes = _split_files(names, split, str(path))
             arrays = [_decode(zf.read(f), image_size, f"{f} in {path}") for f in files]
@@ -278,7 +326,8 @@ def load_torchvision(name: str, split: str = "train", root: str | os.PathLike | 
             labels = torch.as_tensor(ds.targets, dtype=torch.long)
     except RuntimeError as e:
         raise DataError(
-            f"{name} ({split}) is not under {root} ({e}). Online: pass download=True (CLI: --download). "
+            f"{name} ({split}) is not under {root} ({e}). Online: download it once from Python, "
+            f"load_dataset({name!r}, download=True). "
             f"Offline: copy torchvision's {name} files into {root}, or pass an ImageFolder directory or zip "
             f"as the data path (e.g. the CIFAR-10 JPEG zip).") from None
     if image_size is not None and images.shape[-1] != image_size:

@@ -40,6 +40,7 @@ import torch.nn as nn
 from .attacks import PGD, check_attack_params, model_mode
 from .data import ImageDataset, class_balanced_subset, load_dataset
 from .device import resolve_device
+from .presets import check_count
 
 EPS = 8 / 255
 PGD_ALPHA = 2 / 255
@@ -182,6 +183,7 @@ def _seeded(seed: int | None, device: torch.device):
 
 def _as_dataset(data, n: int | None, seed: int) -> tuple[Iterable, int, str]:
     """(batches factory, size, identity) for an ImageDataset, a name/path (test split), or (images, labels)."""
+    n = check_count("n (test images)", n)
     if isinstance(data, (str, os.PathLike)):
         data = load_dataset(str(data), "test")
     if isinstance(data, ImageDataset):
@@ -563,6 +565,7 @@ def cli_evaluate(args) -> int:
     from .cli import preset_from_args
     from .finetune import check_image_size, load_finetuned, load_split
     p = preset_from_args(args)
+    check_count("--n (test images)", args.n)
     model, meta = load_finetuned(args.model, device=args.device)
     attack = None if args.attack == "none" else args.attack
     n = args.n if args.n is not None else ((p.aa_n or p.eval_n) if attack == "autoattack" else p.eval_n)

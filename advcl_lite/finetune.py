@@ -57,11 +57,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD, TradesPGD
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint
 from .data import DataError, ImageDataset, class_balanced_subset, crop_flip, load_dataset, train_val_split
 from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
 from .losses import trades_kl
-from .models import Classifier, ContrastiveNet, ResNet18, export_encoder, to_channels_last
+from .models import Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, to_channels_last
 from .presets import Preset, get_preset
 from .pretrain import NonFiniteLossError, load_pretrained, progress_enabled
 
@@ -235,8 +235,8 @@ def _score(scheme: str, m: dict[str, Any]) -> tuple:
 
 def _config(scheme: str, p: Preset, info: dict[str, Any], ds: ImageDataset, image_size) -> dict[str, Any]:
     return json.loads(json.dumps({"scheme": scheme, "preset": p.to_dict(), "encoder_sha256": info["sha256"],
-                                  "route": info["route"], "dataset": ds.id, "image_size": ds.image_size,
-                                  "resize": image_size}))
+                                  "route": info["route"], "dataset": ds.id, "data_fingerprint": ds.fingerprint,
+                                  "image_size": ds.image_size, "resize": image_size}))
 
 
 def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None, out_dir=None, device=None,
@@ -266,10 +266,18 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{ds.name}: {len(train)} training / {len(val)} validation images after the split; "
                         f"use more images (ft_subset) or another val_fraction")
+    if out_dir is None:
+        return _finetune(enc, info, scheme, p, ds, train, val, data, None, dev, progress, image_size)
+    with run_lock(out_dir):                      # writable, and no second writer, before the work starts
+        return _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size)
 
+
+def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size) -> FinetuneResult:
+    """The training loop of :func:`finetune`, its arguments already checked."""
     gen = seed_everything(p.seed)
     model = Classifier(enc, ds.num_classes).to(dev)
     model = to_channels_last(model, p.channels_last)
+    nhwc = is_channels_last(model)
     linear = scheme in ("slf", "alf")
     if linear:
         for q in model.encoder.parameters():
@@ -303,7 +311,7 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
                    desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", disable=not show, leave=False, mininterval=2.0)
         for x, y, _ in bar:
             x = crop_flip(x, gen)
-            if p.channels_last:
+            if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(dev, p.amp):
                 if scheme == "slf":
@@ -437,6 +445,8 @@ def cli_finetune(args) -> int:
                               f"such as runs/{p.name}/pretrain/advcl/final.pt")
     name = enc.parent.name if enc.name in ("final.pt", "last.pt") else enc.stem
     out = Path(args.out) if args.out else Path("runs") / p.name / "finetune" / f"{name}-{args.scheme}"
+    if (out / CHECKPOINT_NAME).exists() and not args.overwrite:
+        raise ValueError(f"{out / CHECKPOINT_NAME} already exists; pass --overwrite to replace it, or --out another folder")
     res = finetune(enc, args.scheme, p, data=p.data, out_dir=out, device=args.device,
                    progress=not args.no_progress, image_size=args.image_size)
     metrics = {"checkpoint": str(res.checkpoint), "scheme": res.meta["scheme"], "preset": p.name,

@@ -220,5 +220,24 @@ def export_encoder(net: nn.Module, route: str = "pgd") -> ResNet18:
     return plain
 
 
+CHANNELS_LAST_MIN_CHANNELS = 12
+
+
+def channels_last_safe(model: nn.Module) -> bool:
+    """False when the model has a strided 1x1 convolution with fewer than 12 input channels (a ResNet-18
+    of base width below 12). On torch 2.14.1's CPU build, its channels_last backward crashes the process
+    (segmentation fault in oneDNN) for inputs of 48 px and more; widths 12 and up, and NCHW, are fine."""
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels < CHANNELS_LAST_MIN_CHANNELS for m in model.modules())
+
+
 def to_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
-    return model.to(memory_format=torch.channels_last) if enabled else model
+    """``model`` in channels_last (NHWC) memory format when ``enabled`` and :func:`channels_last_safe`."""
+    return model.to(memory_format=torch.channels_last) if enabled and channels_last_safe(model) else model
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's first convolution is stored channels_last (feed it NHWC batches then)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last) \
+        and not conv.weight.is_contiguous()

@@ -109,6 +109,18 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def check_count(name: str, value: Any, minimum: int = 1, allow_none: bool = True) -> int | None:
+    """``value`` as a whole number >= ``minimum`` (``None`` passes when ``allow_none``), else a one-line
+    ValueError naming ``name``. Counts enter the library here: a negative one would otherwise act as a
+    Python slice (``x[:-5]``) and silently drop images."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        what = "a whole number" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def get_preset(name: str | Preset = "smoke", **overrides: Any) -> Preset:
     """Return the preset called ``name`` with ``overrides`` applied.
 
@@ -178,10 +190,16 @@ def _validate(p: Preset) -> None:
         raise ValueError(f"eps={p.eps} is outside [0, 1]; images are in [0, 1], so use e.g. 8/255 = {8/255:.4f}")
     if not 0.0 <= p.alpha <= 1.0:
         raise ValueError(f"alpha={p.alpha} is outside [0, 1]; use e.g. 2/255")
-    for key in ("batch_size", "epochs", "base_width", "ft_batch_size", "aff_batch_size"):
+    for key in ("batch_size", "epochs", "base_width", "ft_batch_size", "aff_batch_size", "eval_n", "ckpt_every"):
         if getattr(p, key) < 1:
             raise ValueError(f"preset field {key!r} must be >= 1, not {getattr(p, key)}")
-    for key in ("pgd_steps", "ft_pgd_steps", "eval_pgd_steps", "ft_epochs", "eval_n", "aa_n", "warmup_epochs",
+    for key in ("train_subset", "ft_subset"):
+        if getattr(p, key) is not None and getattr(p, key) < 1:
+            raise ValueError(f"preset field {key!r} must be >= 1 (or 'all'), not {getattr(p, key)}: "
+                             f"it is a number of images")
+    if not p.temperature > 0:
+        raise ValueError(f"temperature={p.temperature} must be > 0")
+    for key in ("pgd_steps", "ft_pgd_steps", "eval_pgd_steps", "ft_epochs", "aa_n", "warmup_epochs",
                 "lr", "acl_lr", "weight_decay", "acl_weight_decay", "lars_eta"):
         if getattr(p, key) < 0:
             raise ValueError(f"preset field {key!r} must be >= 0, not {getattr(p, key)}")

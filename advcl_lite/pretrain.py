@@ -52,12 +52,12 @@ import torch
 import torch.nn as nn
 
 from .attacks import ContrastivePGD, PseudoLabelPGD, attack_pair
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint
 from .data import ImageDataset, class_balanced_subset, crop_flip, load_dataset, simclr_view
 from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
 from .frequency import HighPass, LowPass, scaled_radius
 from .losses import multiview_contrastive_loss, pseudo_label_loss
-from .models import ContrastiveNet, to_channels_last
+from .models import ContrastiveNet, is_channels_last, to_channels_last
 from .optim import LARS, lr_factor
 from .presets import Preset, get_preset
 
@@ -178,6 +178,7 @@ class PretrainStep:
         self.method, self.net, self.p = method, net, preset
         self.use_pseudo = bool(use_pseudo)
         self.view_fn = {"hfc": HighPass(radius), "lfc": LowPass(radius), "none": None}[view]
+        self.nhwc = preset.channels_last and is_channels_last(unwrap(net))   # batches follow the network's format
         mode = preset.attack_mode
         self.cl_attack = ContrastivePGD(net, preset.eps, preset.alpha, preset.pgd_steps, route="pgd",
                                         anchor_route="normal", temperature=preset.temperature,
@@ -185,7 +186,7 @@ class PretrainStep:
         self.ce_attack = PseudoLabelPGD(net, preset.eps, preset.alpha, preset.pgd_steps, route="pgd_ce", mode=mode)
 
     def _cl(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.p.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.nhwc else x
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, targets=None) -> dict[str, torch.Tensor]:
         p, net, tau = self.p, self.net, self.p.temperature
@@ -244,7 +245,7 @@ def _config(method: str, preset: Preset, view: str, radius: float, pseudo_meta: 
         training["pseudo_lambda"] = preset.pseudo_lambda
     cfg = {"method": method, "training": training, "view": view if method == "advcl" else None,
            "radius": radius if method == "advcl" else None, "pseudo": pseudo_meta is not None,
-           "pseudo_labels": pseudo_meta, "dataset": ds.id, "dataset_name": ds.name,
+           "pseudo_labels": pseudo_meta, "dataset": ds.id, "data_fingerprint": ds.fingerprint, "dataset_name": ds.name,
            "image_size": ds.image_size, "num_train": len(ds)}
     return json.loads(json.dumps(cfg))
 
@@ -325,6 +326,13 @@ def _resolve(method, preset, data, view, radius, pseudo_labels, overrides, label
     return p, ds, r, pl, _config(method, p, view, r, pl.describe() if pl is not None else None, ds)
 
 
+def _kept(last: Path, wrote_last: bool) -> str:
+    if wrote_last:
+        return f"the last good checkpoint {last} is kept"
+    return (f"this run wrote no checkpoint yet" + (f"; {last.parent} still holds an earlier run's files, untouched"
+                                                   if last.exists() or (last.parent / 'final.pt').exists() else ""))
+
+
 def _all_finite(net: nn.Module) -> bool:
     with torch.no_grad():
         return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
@@ -355,7 +363,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     epochs in total (an interruption that :func:`pretrain` can resume).
     """
     radius_arg = radius
-    out_dir = Path(out_dir)
+    out_dir = check_writable(out_dir, "run folder")   # before any work, pseudo-labels included
     preset, ds, radius, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides,
                                               labels_dir or out_dir / "pseudo-labels", device, progress)
     if max_epochs is not None and max_epochs < 0:
@@ -375,101 +383,107 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     history: list[dict[str, Any]] = []
     start_epoch = 0
 
-    last = out_dir / "last.pt"
-    if resume and last.exists():
-        ck = load_checkpoint(last, kind="pretrain", map_location=device)
-        old = ck["meta"].get("config") or {}
-        if old != config:
-            diff = "; ".join(_config_diff(old, config)[:6])
-            raise CheckpointError(f"{last} was written for a different configuration than this run ({diff}); "
-                                  f"use another out_dir, or resume=False (CLI: --no-resume) to start over")
-        load_weights(net, ck["state_dict"], str(last))
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if "scaler" in ck and scaler.is_enabled():
-            scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng_cpu"].cpu())
-        gen.set_state(ck["rng_data"].cpu())
-        if device.type == "cuda" and "rng_cuda" in ck:
-            torch.cuda.set_rng_state(ck["rng_cuda"].cpu(), device)
-        history = json.loads(ck["history"])
-        start_epoch = int(ck["meta"]["epoch"])
-    if start_epoch == 0:
-        (out_dir / "final.pt").unlink(missing_ok=True)     # a finished run of another start is replaced, not mixed
+    with run_lock(out_dir):
+        last = out_dir / "last.pt"
+        if resume and last.exists():
+            try:
+                ck = load_checkpoint(last, kind="pretrain", map_location=device)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}. To start this run over instead of resuming it, pass resume=False "
+                                      f"(CLI: --no-resume)") from None
+            old = ck["meta"].get("config") or {}
+            if old != config:
+                diff = "; ".join(_config_diff(old, config)[:6])
+                raise CheckpointError(f"{last} was written for a different configuration than this run ({diff}); "
+                                      f"use another out_dir, or resume=False (CLI: --no-resume) to start over")
+            load_weights(net, ck["state_dict"], str(last))
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            if "scaler" in ck and scaler.is_enabled():
+                scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["rng_cpu"].cpu())
+            gen.set_state(ck["rng_data"].cpu())
+            if device.type == "cuda" and "rng_cuda" in ck:
+                torch.cuda.set_rng_state(ck["rng_cuda"].cpu(), device)
+            history = json.loads(ck["history"])
+            start_epoch = int(ck["meta"]["epoch"])
+        # a finished run of an earlier start keeps its final.pt until this run finishes and replaces it
+        wrote_last = start_epoch > 0            # last.pt belongs to this run's lineage only once resumed or written
 
-    model = maybe_data_parallel(net, device)
-    step = PretrainStep(method, model, preset, view, radius, pl is not None, recompute_anchors)
-    meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
-                 "head": net.head_type,
-                 "base_width": preset.base_width, "pseudo_ks": list(pseudo_ks), "seed": preset.seed,
-                 "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size, "run_name": name,
-                 "view": view if method == "advcl" else None, "radius": radius if method == "advcl" else None,
-                 "preset_name": preset.name, "preset": preset.to_dict(), "recompute_anchors": bool(recompute_anchors),
-                 "device": str(device), "torch": str(torch.__version__)}
+        model = maybe_data_parallel(net, device)
+        step = PretrainStep(method, model, preset, view, radius, pl is not None, recompute_anchors)
+        meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
+                     "head": net.head_type,
+                     "base_width": preset.base_width, "pseudo_ks": list(pseudo_ks), "seed": preset.seed,
+                     "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size, "run_name": name,
+                     "view": view if method == "advcl" else None, "radius": radius if method == "advcl" else None,
+                     "preset_name": preset.name, "preset": preset.to_dict(), "recompute_anchors": bool(recompute_anchors),
+                     "device": str(device), "torch": str(torch.__version__)}
 
-    def save(path: Path, epoch: int) -> None:
-        if not _all_finite(net):
-            raise NonFiniteLossError(
-                f"the weights of {name} became non-finite (NaN/inf) during epoch {epoch}; nothing was written, "
-                f"the last good checkpoint {last if last.exists() else '(none yet)'} is kept. "
-                f"Lower lr (now {preset.lr}) or use amp='none'.")
-        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
-                 "rng_data": gen.get_state(), "history": json.dumps(history)}
-        if scaler.is_enabled():
-            extra["scaler"] = scaler.state_dict()
-        if device.type == "cuda":
-            extra["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(path, kind="pretrain", state_dict=unwrap(net).state_dict(),
-                        meta={**meta_base, "epoch": epoch}, **extra)
-
-    from tqdm.auto import tqdm
-    show = progress_enabled(progress)
-    end_epoch = preset.epochs if max_epochs is None else min(preset.epochs, max_epochs)
-    t_run = time.perf_counter()
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        t0, sums, seen, lr_used = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
-        bar = tqdm(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True), total=steps_per_epoch,
-                   desc=f"{name} epoch {epoch + 1}/{preset.epochs}", disable=not show, leave=False, mininterval=2.0)
-        for x, _, idx in bar:
-            targets = pl.targets(idx, device) if pl is not None else None
-            with _autocast(device, preset.amp):
-                losses = step(x, gen, targets)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        def save(path: Path, epoch: int) -> None:
+            if not _all_finite(net):
                 raise NonFiniteLossError(
-                    f"non-finite loss ({parts}) in epoch {epoch + 1} of {name}; nothing was written, the last good "
-                    f"checkpoint {last if last.exists() else '(none yet)'} is kept. Lower lr (now {preset.lr}), "
-                    f"or use amp='none'.")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            lr_used = opt.param_groups[0]["lr"]
-            sched.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
-            seen += len(x)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
-        bar.close()
-        secs = time.perf_counter() - t0
-        rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
-               "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
-        history.append(rec)
-        if show:
-            print(f"[{name}] epoch {epoch + 1}/{preset.epochs} loss {rec['loss']:.4f} "
-                  f"({rec['images_per_s']:.0f} img/s, {secs:.1f}s)", flush=True)
-        if (epoch + 1) % preset.ckpt_every == 0 or epoch + 1 in (preset.epochs, end_epoch):
-            save(last, epoch + 1)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "history.json", history)
-    done = len(history) >= preset.epochs
-    if done:
-        save(out_dir / "final.pt", preset.epochs)
-    meta = {**meta_base, "epoch": len(history)}
-    return PretrainResult(out_dir / ("final.pt" if done else "last.pt"), history, unwrap(net).eval(), meta,
-                          seconds=time.perf_counter() - t_run)
+                    f"the weights of {name} became non-finite (NaN/inf) during epoch {epoch}; nothing was written, "
+                    f"{_kept(last, wrote_last)}. "
+                    f"Lower lr (now {preset.lr}) or use amp='none'.")
+            extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
+                     "rng_data": gen.get_state(), "history": json.dumps(history)}
+            if scaler.is_enabled():
+                extra["scaler"] = scaler.state_dict()
+            if device.type == "cuda":
+                extra["rng_cuda"] = torch.cuda.get_rng_state(device)
+            save_checkpoint(path, kind="pretrain", state_dict=unwrap(net).state_dict(),
+                            meta={**meta_base, "epoch": epoch}, **extra)
+
+        from tqdm.auto import tqdm
+        show = progress_enabled(progress)
+        end_epoch = preset.epochs if max_epochs is None else min(preset.epochs, max_epochs)
+        t_run = time.perf_counter()
+        for epoch in range(start_epoch, end_epoch):
+            model.train()
+            t0, sums, seen, lr_used = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
+            bar = tqdm(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True), total=steps_per_epoch,
+                       desc=f"{name} epoch {epoch + 1}/{preset.epochs}", disable=not show, leave=False, mininterval=2.0)
+            for x, _, idx in bar:
+                targets = pl.targets(idx, device) if pl is not None else None
+                with _autocast(device, preset.amp):
+                    losses = step(x, gen, targets)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({parts}) in epoch {epoch + 1} of {name}; nothing was written, "
+                        f"{_kept(last, wrote_last)}. Lower lr (now {preset.lr}), "
+                        f"or use amp='none'.")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                lr_used = opt.param_groups[0]["lr"]
+                sched.step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
+                seen += len(x)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            bar.close()
+            secs = time.perf_counter() - t0
+            rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
+                   "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
+            history.append(rec)
+            if show:
+                print(f"[{name}] epoch {epoch + 1}/{preset.epochs} loss {rec['loss']:.4f} "
+                      f"({rec['images_per_s']:.0f} img/s, {secs:.1f}s)", flush=True)
+            if (epoch + 1) % preset.ckpt_every == 0 or epoch + 1 in (preset.epochs, end_epoch):
+                save(last, epoch + 1)
+                wrote_last = True
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(out_dir / "history.json", history)
+        done = len(history) >= preset.epochs
+        if done:
+            save(out_dir / "final.pt", preset.epochs)
+        meta = {**meta_base, "epoch": len(history)}
+        return PretrainResult(out_dir / ("final.pt" if done else "last.pt"), history, unwrap(net).eval(), meta,
+                              seconds=time.perf_counter() - t_run)
 
 
 def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNet, dict[str, Any]]:

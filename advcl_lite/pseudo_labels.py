@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from .data import ImageDataset, DataError
 from .device import resolve_device, unwrap
 from .models import ContrastiveNet, ResNet18
@@ -396,9 +396,18 @@ class PseudoLabels:
             f"with: {make_command(want['dataset'], self.ks)}")
 
     # --- files
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file + rename) as an advcl_lite checkpoint of kind ``pseudo_labels``."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write atomically (temporary file + rename) as an advcl_lite checkpoint of kind ``pseudo_labels``.
+
+        An existing file that is not a pseudo-label file (an encoder checkpoint, say) is never replaced
+        unless ``overwrite=True``; an earlier pseudo-label file is."""
         path = Path(path)
+        if path.exists() and not overwrite:
+            try:
+                load_checkpoint(path, kind=KIND, map_location="cpu")
+            except CheckpointError:
+                raise CheckpointError(f"{path} exists and is not a pseudo-label file; it is not replaced. "
+                                      f"Write the labels elsewhere (CLI: --out FILE)") from None
         state = {f"k{k}": self.labels[k] for k in self.ks}
         if self.item_means is not None:
             state["item_means"] = self.item_means.float()
@@ -719,6 +728,12 @@ def cli_pseudo_labels(args) -> int:
     except ValueError:
         raise ValueError(f"--k takes comma-separated whole numbers such as 2,10,50, got {args.k!r}") from None
     out = Path(args.out) if args.out else Path(args.encoder).parent / "pseudo_labels.pt"
+    enc = Path(args.encoder)
+    if out.exists() and enc.exists() and os.path.samefile(out, enc):
+        raise ValueError(f"--out {out} is the encoder checkpoint itself; write the labels to another file")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it, or --out another file")
+    check_writable(out.parent, "folder of --out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pl = make_pseudo_labels(args.encoder, ds, ks, seed=p.seed, device=args.device,
@@ -728,7 +743,7 @@ def cli_pseudo_labels(args) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     pl.meta["preset"] = p.name
     pl.meta["data"] = str(p.data)
-    pl.save(out)
+    pl.save(out, overwrite=args.overwrite)
     print(f"wrote {out}: pseudo-labels for {ds.id} ({len(ds)} images) from encoder {args.encoder} "
           f"(features {pl.meta['feature_seconds']:.1f}s)")
     for line in pl.summary():
