@@ -122,9 +122,9 @@ def main() -> None:
     test = load_dataset(args.data, "test")
     records, stage_times = [], []
     t_all = time.perf_counter()
-    # the headline comparison at every seed first, then the ablations at the first seed
-    jobs = [(si, seed, run) for si, seed in enumerate(args.seeds) for run in HEADLINE]
-    jobs += [] if args.no_extra else [(0, args.seeds[0], run) for run in EXTRA]
+    # the first seed's headline and ablations, then the headline at the other seeds
+    jobs = [(0, args.seeds[0], run) for run in HEADLINE + ([] if args.no_extra else EXTRA)]
+    jobs += [(si, seed, run) for si, seed in enumerate(args.seeds) if si > 0 for run in HEADLINE]
     labels = {}
     for si, seed, (name, method, view, pseudo, extra) in jobs:
         P = get_preset(args.preset, seed=seed, data=args.data)
