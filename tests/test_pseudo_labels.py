@@ -296,25 +296,32 @@ def test_cli_writes_label_file(tmp_path, simclr_ckpt, capsys, tiny_preset):
 
 @pytest.mark.slow
 def test_notebook_03_smoke(run_nb, tour_dirs):
+    P = get_preset("smoke")
     rec = run_nb("03")
     ks = rec["pseudo_ks"]
-    assert ks == list(get_preset("smoke").pseudo_ks)
+    train = pretrain_dataset(P, "sample")
+    assert ks == list(plm.valid_ks(P.pseudo_ks, len(train))[0])     # K > N/2 (500 of 256 images) is dropped
     for name in ("pseudo_nmi", "pseudo_nmi_shuffled", "pseudo_purity"):
         assert sorted(int(k) for k in rec[name]) == ks
         assert all(0.0 <= v <= 1.0 for v in rec[name].values())
     # purity is at least the largest class share (>= 1/10 on the class-balanced smoke subset)
     assert all(v >= 0.1 for v in rec["pseudo_purity"].values())
-    for name in ("advcl_final_loss", "advcl_pl_final_loss", "advcl_pl_final_loss_cl", "advcl_pl_final_loss_ps"):
+    for name in ("advcl_final_loss", "advcl_final_loss_cl", "advcl_final_loss_ps", "advcl_nopl_final_loss",
+                 "advcl_nopl_final_loss_cl"):
         assert np.isfinite(rec[name]) and rec[name] > 0
-    # the total is L_CL + lambda * L_PS, and L_PS is a cross-entropy over at most max(K) classes
-    lam = get_preset("smoke").pseudo_lambda
-    assert rec["advcl_pl_final_loss"] == pytest.approx(rec["advcl_pl_final_loss_cl"] + lam * rec["advcl_pl_final_loss_ps"],
-                                                       rel=1e-5)
-    assert rec["advcl_pl_final_loss_ps"] < 2 * np.log(max(ks))
-    # the label file is cached in work_dir and made for the smoke pretraining set
+    # AdvCL: (temperature / base_temperature) * L_CL + lambda * L_PS; without pseudo-labels the first term only
+    scale = P.temperature / P.base_temperature
+    assert rec["loss_cl_scale"] == pytest.approx(scale)
+    assert rec["advcl_final_loss"] == pytest.approx(scale * rec["advcl_final_loss_cl"]
+                                                    + P.pseudo_lambda * rec["advcl_final_loss_ps"], rel=1e-5)
+    assert rec["advcl_nopl_final_loss"] == pytest.approx(scale * rec["advcl_nopl_final_loss_cl"], rel=1e-5)
+    assert rec["advcl_final_loss_ps"] < 2 * np.log(max(ks))
+    # the label file is cached in work_dir and made for the smoke pretraining set; AdvCL trained with it
     _, work = tour_dirs
-    pl = PseudoLabels.load(work / "pseudo_labels" / "simclr.pt",
-                           dataset=pretrain_dataset(get_preset("smoke"), "sample"))
+    pl = PseudoLabels.load(work / "pseudo_labels" / "simclr.pt", dataset=train)
     assert list(pl.ks) == ks
-    ck = torch.load(rec["advcl_pl_checkpoint"], weights_only=True)
+    ck = torch.load(rec["advcl_checkpoint"], weights_only=True)
     assert ck["meta"]["config"]["pseudo_labels"] == json.loads(json.dumps(pl.describe()))
+    assert ck["meta"]["run_name"] == "advcl"
+    ck = torch.load(rec["advcl_nopl_checkpoint"], weights_only=True)
+    assert ck["meta"]["config"]["pseudo"] is False and ck["meta"]["run_name"] == "advcl-nopl"
