@@ -1,6 +1,6 @@
 """``advcl-lite`` command line (also ``python -m advcl_lite``).
 
-Subcommands: ``tour``, ``pretrain``, ``pseudo-labels``, ``finetune``,
+Subcommands: ``tour``, ``pretrain``, ``pretrained``, ``pseudo-labels``, ``finetune``,
 ``evaluate``, ``presets``. Expected problems (bad path, wrong image size, eps
 out of range, unknown preset, corrupt or mismatched checkpoint) print one
 ``error: ...`` line that says what to do, and exit with status 2.
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=8 / 255, help="L-inf radius in [0, 1] (default 8/255)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    p = sub.add_parser("pretrained", help="the encoders shipped with the package: list them, or verify their files")
+    p.add_argument("action", choices=["list", "verify"])
+
     sub.add_parser("presets", help="list the presets and their settings")
     return ap
 
@@ -101,6 +104,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "pretrain":
         from .pretrain import cli_pretrain
         return cli_pretrain(args)
+    if args.command == "pretrained":
+        from .pretrained import cli_pretrained
+        return cli_pretrained(args)
     if args.command == "pseudo-labels":
         from .pseudo_labels import cli_pseudo_labels
         return cli_pseudo_labels(args)
