@@ -207,7 +207,7 @@ class PretrainStep:
         h = [self._cl(self.view_fn(o))] if self.view_fn is not None else []
         x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
         x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
-        # the view order of pretraining_advCL.py: x_cl, t1, t2, h (the loss does not depend on it)
+        # pretraining_advCL.py stacks x_cl, t1, t2, h; the loss does not depend on the order of the views
         views = [net(t1, "normal"), net(t2, "normal"), net(x_cl, "pgd")] + [net(v, "normal") for v in h]
         l_cl = multiview_contrastive_loss(views, tau)
         # the original's SupConLoss multiplies L_CL by temperature / base_temperature (0.5 / 0.07)
