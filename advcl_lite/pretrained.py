@@ -134,6 +134,11 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _with_ci(v, ci) -> str:
+    lo, hi = ci if ci else (None, None)
+    return f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]"
+
+
 def table(folder: str | os.PathLike | None = None) -> str:
     """The shipped set as a markdown table: method, data, epochs, images seen, time, SLF SA / RA with intervals."""
     rows = ["| encoder | method | pretraining data | epochs | images seen | wall time | SLF SA % [95% CI] | "
@@ -141,8 +146,7 @@ def table(folder: str | os.PathLike | None = None) -> str:
     for name in available(folder):
         m = manifest(name, folder)
         slf = m.get("slf") or {}
-        sa = f"{_pct(slf.get('sa'))} [{_pct((slf.get('sa_ci') or [None])[0])}, {_pct((slf.get('sa_ci') or [None, None])[1])}]"
-        ra = f"{_pct(slf.get('ra'))} [{_pct((slf.get('ra_ci') or [None])[0])}, {_pct((slf.get('ra_ci') or [None, None])[1])}]"
+        sa, ra = _with_ci(slf.get("sa"), slf.get("sa_ci")), _with_ci(slf.get("ra"), slf.get("ra_ci"))
         mins = m.get("wall_seconds")
         rows.append(f"| {name} | {m.get('label', m.get('method'))} | {m.get('data', {}).get('num_train', '-')} images of "
                     f"{m.get('data', {}).get('dataset_name', '-')} | {m.get('epochs', '-')} | {m.get('images_seen', '-')} | "

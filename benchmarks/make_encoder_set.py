@@ -28,6 +28,7 @@ import torch
 from advcl_lite import get_preset
 from advcl_lite.checkpoint import sha256_file
 from advcl_lite.data import load_dataset
+from advcl_lite.device import resolve_device
 from advcl_lite.evaluate import evaluate, format_result
 from advcl_lite.finetune import get_or_finetune
 from advcl_lite.models import ResNet18, export_encoder
@@ -66,7 +67,7 @@ def main() -> None:
     pt_ds = pretrain_dataset(P, train_full)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
-               "device": "cpu" if args.device in ("auto", "cpu") and not torch.cuda.is_available() else args.device}
+               "device": str(resolve_device(args.device))}
     command = {"train": args.results_command or (f"python benchmarks/results.py --preset {args.preset} --data "
                                                  f"{args.data} --seeds {args.seed} --no-alf --out {args.runs}"),
                "export": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
