@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,25 @@ class run_lock:
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
+
+
+def set_aside(folder: str | os.PathLike, files) -> Path | None:
+    """Move ``files`` (those that exist) to ``folder/superseded/<UTC time>/`` instead of deleting them.
+
+    For caches that must make room for a run of another configuration: nothing a user trained is
+    deleted without being asked. Returns the new folder (None when there was nothing to move)."""
+    folder = Path(folder)
+    files = [Path(f) for f in files if Path(f).exists()]
+    if not files:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest, n = folder / "superseded" / stamp, 1
+    while dest.exists():
+        n += 1
+        dest = folder / "superseded" / f"{stamp}.{n}"
+    dest.mkdir(parents=True)
+    for f in files:
+        os.replace(f, dest / f.name)
+    print(f"{folder}: the stored run has another configuration; it is kept in {dest} and a new run starts "
+          f"(delete that folder to free the space)", flush=True)
+    return dest

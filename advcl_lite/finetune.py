@@ -57,7 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD, TradesPGD
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside
 from .data import DataError, ImageDataset, class_balanced_subset, crop_flip, load_dataset, train_val_split
 from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
 from .losses import trades_kl
@@ -417,7 +417,8 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
                     progress: bool | None = None, image_size: int | None = None, route: str | None = None,
                     **overrides) -> FinetuneResult:
     """``out_dir/model.pt`` if it was finetuned with this configuration (scheme, preset, the same encoder
-    weights, dataset, size), else :func:`finetune` into ``out_dir`` (notebooks: load if cached, else train)."""
+    weights, dataset, size), else :func:`finetune` into ``out_dir`` (notebooks: load if cached, else train).
+    A stored model of another configuration is moved to ``out_dir/superseded/<time>/``, not deleted."""
     p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
     path = Path(out_dir) / CHECKPOINT_NAME
     if path.exists():
@@ -431,7 +432,7 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
                                       float(meta["seconds"]), meta, cached=True)
         except CheckpointError:
             pass
-        path.unlink(missing_ok=True)
+        set_aside(path.parent, (path, path.parent / "history.json"))    # kept, never deleted
     return finetune(encoder, scheme, p, data=data, out_dir=out_dir, device=device, progress=progress,
                     image_size=image_size, route=route)
 

@@ -52,7 +52,8 @@ import torch
 import torch.nn as nn
 
 from .attacks import ContrastivePGD, PseudoLabelPGD, attack_pair
-from .checkpoint import CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint
+from .checkpoint import (CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint,
+                         set_aside)
 from .data import ImageDataset, class_balanced_subset, crop_flip, load_dataset, simclr_view
 from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
 from .frequency import HighPass, LowPass, scaled_radius
@@ -518,26 +519,28 @@ def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike,
                  **overrides) -> PretrainResult:
     """The run ``work_dir/pretrain/<name>/``: loaded from ``final.pt`` if it was trained with this
     configuration (``cached=True``), otherwise trained - resuming ``last.pt`` when it matches,
-    starting over when a stored run does not. ``<name>`` is :func:`run_name` (method, view,
+    starting over when a stored run does not (that run is moved to ``<name>/superseded/<time>/``,
+    never deleted; a corrupt ``final.pt`` is moved there too). ``<name>`` is :func:`run_name` (method, view,
     pseudo-labels, radius). AdvCL's default pseudo-labels come from ``work_dir``'s SimCLR run
     (:func:`auto_pseudo_labels`); ``pseudo_labels=False`` trains AdvCL without them."""
     p, ds, r, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides, work_dir,
                                     device, progress)
     out = Path(work_dir) / "pretrain" / run_name(method, view, pl is not None, radius)
     final, last = out / "final.pt", out / "last.pt"
-    if final.exists():
-        if _stored_config(final) == config:
-            try:
-                net, meta = load_pretrained(final, device)
-                return PretrainResult(final, meta["history"], net, meta, cached=True)
-            except CheckpointError:
-                pass
-        final.unlink(missing_ok=True)
-        last.unlink(missing_ok=True)
-    elif last.exists() and _stored_config(last) != config:
-        last.unlink(missing_ok=True)
-    return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius,
-                    pseudo_labels=pl if pl is not None else False, device=device, progress=progress)
+    if final.exists() and _stored_config(final) == config:
+        try:
+            net, meta = load_pretrained(final, device)
+            return PretrainResult(final, meta["history"], net, meta, cached=True)
+        except CheckpointError:
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):                      # a live writer of this folder is refused before anything moves
+        if final.exists():
+            set_aside(out, (final, last, out / "history.json"))
+        elif last.exists() and _stored_config(last) != config:
+            set_aside(out, (last, out / "history.json"))
+        return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius,
+                        pseudo_labels=pl if pl is not None else False, device=device, progress=progress)
 
 
 def cli_pretrain(args) -> int:

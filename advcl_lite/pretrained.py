@@ -35,6 +35,11 @@ from .models import ResNet18
 KIND = "encoder"
 ORDER = ("random", "simclr", "acl", "advcl-nopl", "advcl")   # the floor first, the paper's method last
 REMAKE = "python benchmarks/make_encoder_set.py (see the manifest's 'command')"
+# the row names the notebooks and benchmarks/results.py use for each shipped encoder
+LABELS = {"random": "Random init", "simclr": "SimCLR", "acl": "ACL", "advcl-nopl": "AdvCL without pseudo-labels",
+          "advcl": "AdvCL"}
+ENCODER_CHOICES = ("auto", "pretrained", "train")
+PRETRAINED_PRESETS = ("quick",)   # where encoders="auto" means the shipped set
 
 
 class EncoderError(CheckpointError):
@@ -102,6 +107,32 @@ def load_pretrained_encoder(name: str, device=None, folder: str | os.PathLike | 
     load_weights(enc, {k: v.float() for k, v in ck["state_dict"].items()}, str(path))
     enc.manifest = m
     return enc.to(resolve_device(device)).eval()
+
+
+def resolve_encoders(encoders: str, preset) -> str:
+    """The notebooks' ``encoders`` parameter: ``"pretrained"`` (the shipped set) or ``"train"`` (pretrain at the preset).
+
+    ``"auto"`` is ``"pretrained"`` at the ``quick`` preset, where the encoders a laptop can train in
+    minutes learn too little to show robustness transfer, and ``"train"`` everywhere else: ``smoke``
+    keeps CI exercising training, ``benchmark`` and ``paper`` train at their own scale."""
+    name = getattr(preset, "name", preset)
+    if encoders not in ENCODER_CHOICES:
+        raise ValueError(f"encoders={encoders!r} is not one of {', '.join(ENCODER_CHOICES)}; use 'pretrained' for "
+                         f"the shipped set, 'train' to pretrain at the preset, 'auto' for pretrained at quick only")
+    if encoders == "auto":
+        return "pretrained" if name in PRETRAINED_PRESETS else "train"
+    return encoders
+
+
+def load_set(names=None, device=None, folder: str | os.PathLike | None = None) -> dict[str, ResNet18]:
+    """The shipped encoders ``names`` (default: all, in ``ORDER``) keyed by their row name (:data:`LABELS`)."""
+    names = list(names) if names is not None else available(folder)
+    return {LABELS.get(n, n): load_pretrained_encoder(n, device=device, folder=folder) for n in names}
+
+
+def history(name: str, folder: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The per-epoch training history (loss terms, lr, seconds) recorded when encoder ``name`` was trained."""
+    return list(manifest(name, folder).get("history") or [])
 
 
 def save_encoder(encoder: ResNet18, name: str, folder: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:

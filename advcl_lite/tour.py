@@ -20,6 +20,7 @@ one trained, and writes ``SUMMARY.md`` and ``summary.json``. It is what
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -286,6 +287,17 @@ def run_notebook(notebook: str | os.PathLike, out_dir: str | os.PathLike, preset
 
 # --------------------------------------------------------------------------- the tour
 
+def declared_parameters(notebook: str | os.PathLike) -> list[str]:
+    """The names assigned in a notebook's ``parameters`` cell (papermill warns on any other name)."""
+    nb = json.loads(find_notebook(notebook).read_text())
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell.get("source", [])))
+            return [t.id for node in tree.body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)]
+    return []
+
+
 def select_notebooks(only: str | Sequence[str] | None = None) -> list[Path]:
     """All tour notebooks, or those named in ``only`` (``"01,02"`` or a list), in tour order."""
     nbs = list_notebooks()
@@ -319,8 +331,10 @@ def _fmt(value: Any, width: int = 60) -> str:
 
 
 def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, preset: str, data: str,
-                  seconds: float, failure: str | None = None) -> Path:
-    """Write ``SUMMARY.md`` (one page) and ``summary.json`` into ``out_dir``; return the markdown path."""
+                  seconds: float, failure: str | None = None, encoders: str | None = None) -> Path:
+    """Write ``SUMMARY.md`` (one page) and ``summary.json`` into ``out_dir``; return the markdown path.
+
+    A notebook that records ``headline`` (a list of sentences) puts them under "Headline", first."""
     import torch
 
     from . import __version__
@@ -335,6 +349,11 @@ def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, pre
              f"{os.cpu_count()} CPUs · total {seconds:.1f} s", ""]
     if desc:
         lines += [f"Preset `{preset}`: {desc}", ""]
+    if encoders:
+        lines += [f"Encoders of notebooks 03-05: {'the shipped set (advcl-lite pretrained list)' if encoders == 'pretrained' else 'trained at this preset'}.", ""]
+    headline = [h for r in results for h in ((r.get("records") or {}).get("headline") or [])]
+    if headline:
+        lines += ["## Headline", ""] + [f"- {h}" for h in headline] + ["", "## Notebooks", ""]
     lines += ["| notebook | status | seconds | key numbers |", "| --- | --- | ---: | --- |"]
     for r in results:
         recs = {k: v for k, v in (r.get("records") or {}).items() if not k.startswith("_")}
@@ -350,7 +369,8 @@ def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, pre
               "`artifacts/` and are reused by the next run with the same preset.", ""]
     md = out / "SUMMARY.md"
     md.write_text("\n".join(lines))
-    _write_json(out / "summary.json", {"preset": preset, "data": data, "finished": when, "seconds": seconds,
+    _write_json(out / "summary.json", {"preset": preset, "data": data, "encoders": encoders, "headline": headline,
+                                       "finished": when, "seconds": seconds,
                                        "advcl_lite": __version__, "torch": torch.__version__,
                                        "python": platform.python_version(), "failure": failure,
                                        "notebooks": results})
@@ -359,8 +379,12 @@ def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, pre
 
 def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", data: str = "sample",
              only: str | Sequence[str] | None = None, timeout: int | None = None,
-             figures: bool = True) -> list[dict[str, Any]]:
+             figures: bool = True, encoders: str = "auto") -> list[dict[str, Any]]:
     """Run the tour notebooks in order into ``out_dir`` (shared ``out_dir/artifacts``) and summarise.
+
+    ``encoders`` is passed to every notebook's ``encoders`` parameter (see
+    :func:`advcl_lite.pretrained.resolve_encoders`): ``"auto"`` uses the shipped encoders at
+    ``quick`` and trains them at every other preset.
 
     Prints one line per notebook with its time. Returns one dict per notebook
     (``notebook``, ``status`` "ok" / "failed" / "not run", ``seconds``, ``records``, ``output``).
@@ -368,12 +392,15 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
     written, and the :class:`NotebookError` is raised.
     """
     from .presets import get_preset
+    from .pretrained import resolve_encoders
     get_preset(preset)                                   # unknown preset: a clear error before any kernel starts
+    how = resolve_encoders(encoders, preset)             # a bad value: a clear error before any kernel starts
     data = _resolve_data(data)
     nbs = select_notebooks(only)
     out = Path(out_dir).expanduser().resolve()
     work = out / "artifacts"
-    print(f"advcl-lite tour: preset {preset}, data {data}, {len(nbs)} notebook(s) -> {out}", flush=True)
+    print(f"advcl-lite tour: preset {preset}, data {data}, encoders {how}, {len(nbs)} notebook(s) -> {out}",
+          flush=True)
     results: list[dict[str, Any]] = []
     error: NotebookError | None = None
     t_all = time.perf_counter()
@@ -384,7 +411,8 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
         print(f"[{i}/{len(nbs)}] {nb.stem:<28} ", end="", flush=True)
         t0 = time.perf_counter()
         try:
-            recs = run_notebook(nb, out, preset=preset, data=data, work_dir=work, timeout=timeout, figures=figures)
+            recs = run_notebook(nb, out, preset=preset, data=data, work_dir=work, timeout=timeout, figures=figures,
+                                parameters={"encoders": encoders} if "encoders" in declared_parameters(nb) else None)
         except NotebookError as e:
             secs = time.perf_counter() - t0
             print(f"FAILED after {secs:.1f} s", flush=True)
@@ -397,7 +425,7 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
         results.append({"notebook": nb.stem, "status": "ok", "seconds": secs, "records": recs,
                         "output": str(out / f"{nb.stem}.ipynb")})
     total = time.perf_counter() - t_all
-    md = write_summary(results, out, preset, data, total, failure=str(error) if error else None)
+    md = write_summary(results, out, preset, data, total, failure=str(error) if error else None, encoders=how)
     print(f"summary: {md} ({total:.1f} s)", flush=True)
     if error is not None:
         raise error
@@ -406,7 +434,7 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
 
 def cli_tour(args) -> int:
     """``advcl-lite tour``: run the notebooks; a failing notebook is one ``error:`` line (exit 2)."""
-    run_tour(args.preset, args.out, data=args.data, only=args.only, timeout=args.timeout)
+    run_tour(args.preset, args.out, data=args.data, only=args.only, timeout=args.timeout, encoders=args.encoders)
     return 0
 
 

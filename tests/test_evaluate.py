@@ -290,3 +290,27 @@ def test_notebook_04_smoke(run_nb, tour_dirs):
     assert meta["encoder"]["run_name"] == "advcl"
     assert load_finetuned(work / "finetune" / "advcl-nopl-slf" / "model.pt")[1]["encoder"]["run_name"] == "advcl-nopl"
     assert load_finetuned(work / "finetune" / "random-slf" / "model.pt")[1]["encoder"]["source"] == "ResNet18"
+
+
+def test_notebook_04_pretrained_finetunes_the_shipped_set(run_nb, tour_dirs):
+    """encoders="pretrained" at smoke size: the five shipped encoders, every scheme, and the headline."""
+    from advcl_lite import pretrained
+    from advcl_lite.finetune import load_finetuned
+    rec = run_nb("04", encoders="pretrained")
+    methods = ["SimCLR", "ACL", "AdvCL", "AdvCL without pseudo-labels", "Random init"]
+    rows = rec["results"]
+    assert rec["encoders"] == "pretrained" and rec["schemes"] == ["SLF"]    # at smoke; the train path runs all three
+    assert [(r["method"], r["scheme"]) for r in rows] == [(m, s) for m in methods for s in rec["schemes"]]
+    assert all(r["pretrain_data"].startswith("cifar10-jpeg (5000") for r in rows)
+    assert all(0.0 <= r["ra"] <= r["sa"] <= 1.0 and "aa" not in r for r in rows)
+    shipped_s = pretrained.manifest("acl")["wall_seconds"]
+    assert next(r for r in rows if r["method"] == "ACL")["pretrain_seconds"] == pytest.approx(shipped_s)
+    assert next(r for r in rows if r["method"] == "Random init")["pretrain_seconds"] == 0.0
+    # the heads were trained on the shipped weights (same digest) and cached under shipped-<name>-<scheme>
+    _, work = tour_dirs
+    _, meta = load_finetuned(work / "finetune" / "shipped-acl-slf" / "model.pt")
+    from advcl_lite.finetune import resolve_encoder
+    assert meta["encoder"]["sha256"] == resolve_encoder(pretrained.load_pretrained_encoder("acl"))[1]["sha256"]
+    head = rec["headline"]
+    assert head[0].startswith("Robustness transfer, shipped encoders") and "smoke preset" in head[-1]
+    assert any(line.startswith("SLF: ACL RA") and "vs SimCLR" in line for line in head)

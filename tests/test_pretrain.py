@@ -235,6 +235,10 @@ def test_get_or_train_reuses_a_finished_run_and_retrains_on_change(sample, tmp_p
     changed = pt.get_or_train("simclr", P, tmp_path, data=sample, device="cpu", progress=False, acl_lr=0.05)
     assert not changed.cached and not _states_equal(first.net, changed.net)
     assert load_checkpoint(changed.checkpoint)["meta"]["config"]["training"]["acl_lr"] == 0.05
+    # the run it replaced is set aside, not deleted
+    (kept,) = (tmp_path / "pretrain" / "simclr" / "superseded").iterdir()
+    assert load_checkpoint(kept / "final.pt")["meta"]["config"]["training"]["acl_lr"] == P.acl_lr
+    assert (kept / "history.json").exists()
 
 
 def test_get_or_train_starts_over_when_a_partial_run_has_another_configuration(sample, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from advcl_lite import pretrained as P
 from advcl_lite.cli import main
 from advcl_lite.models import ResNet18
+from advcl_lite.presets import get_preset
 
 
 @pytest.fixture
@@ -88,3 +89,20 @@ def test_the_shipped_set_is_complete_small_and_verified():
             assert m["route"] == ("normal" if name == "simclr" else "pgd")
     assert total <= 30e6
     assert P.manifest("advcl")["training"]["pseudo"] and not P.manifest("advcl-nopl")["training"]["pseudo"]
+
+
+def test_encoders_switch_resolves_per_preset_and_rejects_other_values():
+    assert P.resolve_encoders("auto", "quick") == "pretrained"
+    assert P.resolve_encoders("auto", "smoke") == "train"          # CI keeps exercising training
+    assert P.resolve_encoders("auto", get_preset("benchmark")) == "train"
+    assert P.resolve_encoders("pretrained", "smoke") == "pretrained"
+    assert P.resolve_encoders("train", "quick") == "train"
+    with pytest.raises(ValueError, match=r"encoders='shipped' is not one of auto, pretrained, train"):
+        P.resolve_encoders("shipped", "quick")
+
+
+def test_load_set_keys_rows_by_the_notebooks_names(tiny_set):
+    got = P.load_set(folder=tiny_set)
+    assert list(got) == ["Random init", "ACL"] and all(isinstance(e, ResNet18) for e in got.values())
+    assert P.history("acl", folder=tiny_set) == []                  # the tiny set records none
+    assert P.history("advcl") and all("loss_cl" in h and "loss_ps" in h for h in P.history("advcl"))

@@ -325,3 +325,23 @@ def test_notebook_03_smoke(run_nb, tour_dirs):
     assert ck["meta"]["run_name"] == "advcl"
     ck = torch.load(rec["advcl_nopl_checkpoint"], weights_only=True)
     assert ck["meta"]["config"]["pseudo"] is False and ck["meta"]["run_name"] == "advcl-nopl"
+
+
+def test_notebook_03_pretrained_clusters_the_shipped_simclr(run_nb, tour_dirs):
+    """encoders="pretrained": labels from the shipped SimCLR's features, the shipped AdvCL pair's curves."""
+    from advcl_lite import pretrained
+    P = get_preset("smoke")
+    rec = run_nb("03", encoders="pretrained")
+    assert rec["encoders"] == "pretrained"
+    _, work = tour_dirs
+    train = pretrain_dataset(P, "sample")
+    pl = PseudoLabels.load(work / "pseudo_labels" / "shipped-simclr.pt", dataset=train)
+    assert rec["pseudo_labels_file"].endswith("shipped-simclr.pt") and list(pl.ks) == rec["pseudo_ks"]
+    assert pl.meta["encoder_sha256"] == plm.encoder_sha256(pretrained.load_pretrained_encoder("simclr"))
+    # the AdvCL losses shown are the shipped runs' own last epochs, and they obey the loss composition
+    last = pretrained.history("advcl")[-1]
+    assert rec["advcl_final_loss"] == last["loss"] and rec["advcl_final_loss_ps"] == last["loss_ps"]
+    assert rec["advcl_final_loss"] == pytest.approx(rec["loss_cl_scale"] * last["loss_cl"] + 0.2 * last["loss_ps"],
+                                                    rel=1e-5)
+    assert rec["advcl_nopl_final_loss"] == pretrained.history("advcl-nopl")[-1]["loss"]
+    assert rec["advcl_checkpoint"].endswith("advcl.pt") and rec["advcl_nopl_checkpoint"].endswith("advcl-nopl.pt")

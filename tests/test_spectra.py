@@ -281,3 +281,10 @@ def test_notebook_05_smoke(run_nb):
         assert all(0.0 <= v <= clean for v in acc.values())
     assert rec["band_attack_max_out_of_band"] < 1e-3
     assert set(rec["spectra_seconds"]) == {"classifiers", "spectra", "heat_maps", "band_attacks", "explorer"}
+
+
+def test_notebook_05_pretrained_analyses_the_shipped_encoders(run_nb):
+    rec = run_nb("05", encoders="pretrained")
+    assert rec["encoders"] == "pretrained"
+    assert set(rec["spectra_clean_accuracy"]) == {"SimCLR", "ACL", "AdvCL"}
+    assert all(0.0 <= v <= 1.0 for v in rec["spectra_hf_fraction"].values())

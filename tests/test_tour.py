@@ -115,6 +115,38 @@ def test_failing_notebooks_summary_and_runner_error(monkeypatch, tmp_path):
     assert "| 02_broken | failed |" in md and "| 03_after | not run |" in md and "## Failure" in md
 
 
+def write_nb_with(path: Path, params: str, *sources: str) -> Path:
+    """Like write_nb, with another parameters cell."""
+    write_nb(path, *sources)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].source = params
+    nbformat.write(nb, path)
+    return path
+
+
+def test_encoders_reach_only_the_notebooks_that_declare_them_and_the_headline_leads_the_summary(monkeypatch, tmp_path):
+    write_nb(tmp_path / "nbs" / "01_plain.ipynb", "from advcl_lite.tour import record\nrecord('x', 1)")
+    write_nb_with(tmp_path / "nbs" / "02_enc.ipynb", PARAMS + '\nencoders = "auto"',
+                  "from advcl_lite.tour import record\nrecord('encoders_seen', encoders)\n"
+                  "record('headline', ['ACL keeps more RA than SimCLR'])")
+    monkeypatch.setenv(tour.NOTEBOOKS_ENV, str(tmp_path / "nbs"))
+    assert tour.declared_parameters("01") == ["preset", "data", "work_dir", "device"]
+    assert tour.declared_parameters("02")[-1] == "encoders"
+    out = tmp_path / "out"
+    run_tour("smoke", out, timeout=300, figures=False, encoders="pretrained")
+    assert json.loads((out / "02_enc.records.json").read_text())["encoders_seen"] == "pretrained"
+    injected = [c for c in nbformat.read(out / "01_plain.ipynb", as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "encoders =" not in injected[0].source       # 01 has no such parameter: not passed
+    md = (out / "SUMMARY.md").read_text()
+    assert md.index("## Headline") < md.index("| notebook |") and "- ACL keeps more RA than SimCLR" in md
+    assert "Encoders of notebooks 03-05: the shipped set" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoders"] == "pretrained" and summary["headline"] == ["ACL keeps more RA than SimCLR"]
+    with pytest.raises(ValueError, match="encoders='best' is not one of"):
+        run_tour("smoke", out, encoders="best")
+
+
 @pytest.mark.slow
 def test_cell_timeout_names_the_cell(tmp_path):
     nb = write_nb(tmp_path / "01_sleepy.ipynb", "import time", "time.sleep(60)")
