@@ -90,8 +90,8 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
         description="Laptop CPU, minutes: the shipped encoders in notebooks 03-05; notebook 02 pretrains a "
-                    "width-16 encoder on 1,000 images for 3 epochs (see BENCHMARKS.md).",
-        train_subset=1000, base_width=16, batch_size=128, epochs=3, lr=0.125, acl_lr=1.25, warmup_epochs=0.03,
+                    "width-16 encoder on 1,000 images for 2 epochs (see BENCHMARKS.md).",
+        train_subset=1000, base_width=16, batch_size=128, epochs=2, lr=0.125, acl_lr=1.25, warmup_epochs=0.02,
         advcl_lr_per_epoch=False,
         ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=1000, aa_n=0,
     ),

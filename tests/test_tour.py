@@ -165,3 +165,21 @@ def test_cli_tour_only_01_writes_the_summary(tmp_path, capsys):
     executed = nbformat.read(out / "01_frequency_views.ipynb", as_version=4)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in executed.cells if c.cell_type == "code" for o in c.outputs), "figures are embedded"
+
+
+@pytest.mark.slow
+def test_quick_tour_shows_robustness_transfer_with_the_shipped_encoders(tmp_path):
+    """The quick tour (about 9 minutes on 2 CPU cores, BENCHMARKS.md): SLF RA of ACL and AdvCL above SimCLR's
+    and the random encoder's, with 95 % intervals that do not overlap, stated first in SUMMARY.md."""
+    out = tmp_path / "tour-quick"
+    results = run_tour("quick", out, figures=False)
+    assert [r["status"] for r in results] == ["ok"] * len(results)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoders"] == "pretrained"
+    rows = {r["method"]: r for r in results[3]["records"]["results"]}
+    for robust in ("ACL", "AdvCL"):
+        for weak in ("SimCLR", "Random init"):
+            assert rows[robust]["ra_ci"][0] > rows[weak]["ra_ci"][1], (robust, weak)
+            assert f"SLF: {robust} RA" in " ".join(summary["headline"])
+    md = (out / "SUMMARY.md").read_text()
+    assert md.index("## Headline") < md.index("## Notebooks") and "ACL is more robust" in md
