@@ -4,7 +4,5 @@ The library behind the notebooks: frequency views, an encoder with named
 BatchNorm routes, adversarial contrastive pretraining (SimCLR / ACL / AdvCL),
 cluster pseudo-labels, and robustness-transfer evaluation.
 """
-__version__ = "0.1.0"
-
-from .device import resolve_device, seed_everything  # noqa: E402,F401
-from .presets import Preset, get_preset, PRESETS  # noqa: E402,F401
+from .presets import PRESETS, Preset, get_preset  # noqa: F401
+from .runtime import __version__, resolve_device, seed_everything  # noqa: F401

@@ -14,6 +14,8 @@ error naming the file and the keys.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -22,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .runtime import unwrap
 
 FORMAT = "advcl_lite"
 FORMAT_VERSION = 1
@@ -49,6 +53,22 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj
     return str(obj)
+
+
+def write_json(path: str | os.PathLike, obj: Any, default=None) -> Path:
+    """Write ``obj`` as JSON (indent 1, a final newline) atomically: a temporary file in the same folder,
+    then a rename, so a reader never sees half a file. ``default`` as in :func:`json.dumps`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=1, default=default) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str, torch.Tensor],
@@ -119,7 +139,6 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (identifies the checkpoint a result came from)."""
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -259,3 +278,19 @@ def set_aside(folder: str | os.PathLike, files) -> Path | None:
     print(f"{folder}: the stored run has another configuration; it is kept in {dest} and a new run starts "
           f"(delete that folder to free the space)", flush=True)
     return dest
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor's values (CPU, contiguous, flattened)."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and values, in key order): the one hash of
+    weights in the library (finetuned models and pseudo-label files record it)."""
+    h = hashlib.sha256()
+    for k, v in sorted(unwrap(module).state_dict().items()):
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(tensor_bytes(v))
+    return h.hexdigest()

@@ -11,8 +11,19 @@ import argparse
 import json
 import os
 import sys
+import warnings
+from pathlib import Path
 
-from .presets import PRESETS, get_preset
+from .checkpoint import CheckpointError, check_writable, write_json
+from .data import DataError, load_dataset
+from .evaluate import evaluate, format_result
+from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_image_size, finetune, load_finetuned, load_split
+from .presets import PRESETS, check_count, get_preset
+from .pretrain import pretrain, pretrain_dataset, run_name
+from .pretrained import REMAKE, EncoderError, available, encoder_dir, load_pretrained_encoder, table
+from .pseudo_labels import make_pseudo_labels
+from .runtime import debug_enabled
+from .tour import run_tour
 
 
 def _preset_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
@@ -95,39 +106,169 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "presets":
-        for name, p in PRESETS.items():
-            print(f"{name}: {p.description}")
-            print("   " + json.dumps(p.to_dict()))
+# --------------------------------------------------------------------------- one handler per subcommand
+
+def cli_presets(args) -> int:
+    for name, p in PRESETS.items():
+        print(f"{name}: {p.description}")
+        print("   " + json.dumps(p.to_dict()))
+    return 0
+
+
+def cli_tour(args) -> int:
+    """``advcl-lite tour``: run the notebooks; a failing notebook is one ``error:`` line (exit 2)."""
+    run_tour(args.preset, args.out, data=args.data, only=args.only, timeout=args.timeout, encoders=args.encoders)
+    return 0
+
+
+def cli_pretrain(args) -> int:
+    p = preset_from_args(args)
+    data = p.data
+    if args.image_size:
+        data = load_dataset(p.data, "train", image_size=args.image_size)
+    if args.no_pseudo_labels and args.pseudo_labels:
+        raise ValueError("--pseudo-labels FILE and --no-pseudo-labels contradict each other; give one of them")
+    if args.method != "advcl" and (args.no_pseudo_labels or args.pseudo_labels):
+        raise ValueError(f"--pseudo-labels / --no-pseudo-labels are AdvCL options; --method {args.method} has none")
+    pseudo = False if args.no_pseudo_labels else (args.pseudo_labels or "auto")
+    work = Path("runs") / p.name
+    out = args.out or str(work / "pretrain" / run_name(args.method, args.view, pseudo is not False, args.radius))
+    # AdvCL's own pseudo-labels: from the SimCLR run of runs/<preset> (default layout) or inside --out
+    labels_dir = None if args.out else work
+    if args.method == "advcl" and pseudo == "auto":
+        where = labels_dir or Path(out) / "pseudo-labels"
+        print(f"AdvCL pseudo-labels: k-means on a SimCLR run in {where} (made if absent; "
+              f"--pseudo-labels FILE to use others, --no-pseudo-labels for the ablation)", flush=True)
+    res = pretrain(args.method, p, out_dir=out, data=data, view=args.view, radius=args.radius,
+                   pseudo_labels=pseudo, resume=args.resume, device=args.device,
+                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors, labels_dir=labels_dir)
+    print(f"wrote {res.checkpoint} (epoch {res.meta['epoch']}/{p.epochs}, final loss {res.final_loss:.4f}, "
+          f"{res.seconds:.0f}s; history in {Path(out) / 'history.json'})")
+    return 0
+
+
+def cli_pretrained(args) -> int:
+    """``advcl-lite pretrained list`` (the manifest table) or ``verify`` (every file's hash and strict load)."""
+    names = available()
+    if not names:
+        raise EncoderError(f"no shipped encoders in {encoder_dir()}; reinstall advcl_lite or re-make them with {REMAKE}")
+    if args.action == "list":
+        print(f"shipped encoders in {encoder_dir()}:")
+        print(table())
         return 0
-    if args.command == "tour":
-        from .tour import cli_tour
-        return cli_tour(args)
-    if args.command == "pretrain":
-        from .pretrain import cli_pretrain
-        return cli_pretrain(args)
-    if args.command == "pretrained":
-        from .pretrained import cli_pretrained
-        return cli_pretrained(args)
-    if args.command == "pseudo-labels":
-        from .pseudo_labels import cli_pseudo_labels
-        return cli_pseudo_labels(args)
-    if args.command == "finetune":
-        from .finetune import cli_finetune
-        return cli_finetune(args)
-    if args.command == "evaluate":
-        from .evaluate import cli_evaluate
-        return cli_evaluate(args)
-    raise AssertionError(args.command)
+    bad = 0
+    for name in names:
+        try:
+            enc = load_pretrained_encoder(name)
+            print(f"ok      {name}: sha256 {enc.manifest['sha256'][:16]}..., width {enc.base_width}, strict load")
+        except CheckpointError as e:
+            bad += 1
+            print(f"FAILED  {name}: {e}")
+    if bad:
+        raise EncoderError(f"{bad} of {len(names)} shipped encoders failed verification (see above)")
+    print(f"all {len(names)} shipped encoders verified")
+    return 0
+
+
+def cli_pseudo_labels(args) -> int:
+    """``advcl-lite pseudo-labels --encoder CKPT [--k ...] [--preset ...] [--data ...] [--out ...]``."""
+    p = preset_from_args(args)
+    data = p.data
+    if args.image_size:
+        data = load_dataset(p.data, "train", image_size=args.image_size)
+    ds = pretrain_dataset(p, data)
+    try:
+        ks = [int(v) for v in str(args.k).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--k takes comma-separated whole numbers such as 2,10,50, got {args.k!r}") from None
+    out = Path(args.out) if args.out else Path(args.encoder).parent / "pseudo_labels.pt"
+    enc = Path(args.encoder)
+    if out.exists() and enc.exists() and os.path.samefile(out, enc):
+        raise ValueError(f"--out {out} is the encoder checkpoint itself; write the labels to another file")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it, or --out another file")
+    check_writable(out.parent, "folder of --out")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pl = make_pseudo_labels(args.encoder, ds, ks, seed=p.seed, device=args.device,
+                                progress=not args.no_progress)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    pl.meta["preset"] = p.name
+    pl.meta["data"] = str(p.data)
+    pl.save(out, overwrite=args.overwrite)
+    print(f"wrote {out}: pseudo-labels for {ds.id} ({len(ds)} images) from encoder {args.encoder} "
+          f"(features {pl.meta['feature_seconds']:.1f}s)")
+    for line in pl.summary():
+        print(f"  {line}")
+    return 0
+
+
+def cli_finetune(args) -> int:
+    p = preset_from_args(args)
+    enc = Path(args.encoder)
+    if not enc.exists():
+        raise CheckpointError(f"encoder checkpoint {str(enc)!r} does not exist; pass a pretraining checkpoint "
+                              f"such as runs/{p.name}/pretrain/advcl/final.pt")
+    name = enc.parent.name if enc.name in ("final.pt", "last.pt") else enc.stem
+    out = Path(args.out) if args.out else Path("runs") / p.name / "finetune" / f"{name}-{args.scheme}"
+    if (out / CHECKPOINT_NAME).exists() and not args.overwrite:
+        raise ValueError(f"{out / CHECKPOINT_NAME} already exists; pass --overwrite to replace it, or --out another folder")
+    res = finetune(enc, args.scheme, p, data=p.data, out_dir=out, device=args.device,
+                   progress=not args.no_progress, image_size=args.image_size)
+    metrics = {"checkpoint": str(res.checkpoint), "scheme": res.meta["scheme"], "preset": p.name,
+               "encoder": res.meta["encoder"]["path"], "encoder_method": res.meta["encoder"]["method"],
+               "route": res.meta["encoder"]["route"], "dataset": res.meta["dataset"], "train": res.meta["train"],
+               "val": res.meta["val"], "best_epoch": res.best_epoch, "epochs": p.ft_epochs,
+               "val_metrics": res.val, "selection": SELECTION_RULE, "seconds": res.seconds, "history": res.history}
+    mpath = out / "metrics.json"
+    write_json(mpath, metrics)
+    v = res.val
+    ra = f", RA {v['val_ra']:.1%}" if "val_ra" in v else ""
+    print(f"wrote {res.checkpoint} and {mpath}: {res.meta['scheme'].upper()} best epoch {res.best_epoch}/{p.ft_epochs}, "
+          f"validation SA {v['val_sa']:.1%}{ra} (n={v['val_n']}), {res.seconds:.0f}s")
+    print(f"next: advcl-lite evaluate --model {res.checkpoint} --preset {p.name} --attack pgd20")
+    return 0
+
+
+def cli_evaluate(args) -> int:
+    p = preset_from_args(args)
+    check_count("--n (test images)", args.n)
+    model, meta = load_finetuned(args.model, device=args.device)
+    attack = None if args.attack == "none" else args.attack
+    n = args.n if args.n is not None else ((p.aa_n or p.eval_n) if attack == "autoattack" else p.eval_n)
+    source = args.data or meta.get("data_source")
+    if not source:
+        raise ValueError(f"{args.model!r} was finetuned on an in-memory dataset ({meta.get('dataset')}); "
+                         f"pass --data with the dataset to evaluate on")
+    size = args.image_size or meta.get("resize")
+    test = load_split(source, "test", size)
+    check_image_size(test, meta.get("image_size"), what=f"the model {args.model!r}")
+    if test.num_classes != meta["num_classes"]:
+        raise ValueError(f"{test.name} has {test.num_classes} classes but the model was finetuned for "
+                         f"{meta['num_classes']} ({meta.get('dataset_name')}); pass the matching --data")
+    r = evaluate(model, test, attack=attack, n=n, eps=args.eps, seed=p.seed, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "scheme": meta.get("scheme"),
+                          "encoder_method": meta.get("encoder", {}).get("method"), **r}, indent=1))
+        return 0
+    enc = meta.get("encoder", {})
+    print(f"{args.model}: {str(meta.get('scheme')).upper()} of {enc.get('run_name') or enc.get('class')} "
+          f"(finetuned on {meta.get('dataset')}), test set {test.id}")
+    print(format_result(r) + f"  [{r['attack']}, {r['seconds']:.0f}s]")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    handlers = {"presets": cli_presets, "tour": cli_tour, "pretrain": cli_pretrain, "pretrained": cli_pretrained,
+                "pseudo-labels": cli_pseudo_labels, "finetune": cli_finetune, "evaluate": cli_evaluate}
+    return handlers[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Errors print one line (``ADVCL_DEBUG=1``: the full traceback instead)."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    debug = os.environ.get("ADVCL_DEBUG", "0") not in ("0", "", "false", "no")
+    debug = debug_enabled()
     try:
         return _run(args)
     except KeyboardInterrupt:

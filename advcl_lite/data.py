@@ -331,9 +331,14 @@ def load_torchvision(name: str, split: str = "train", root: str | os.PathLike | 
             f"Offline: copy torchvision's {name} files into {root}, or pass an ImageFolder directory or zip "
             f"as the data path (e.g. the CIFAR-10 JPEG zip).") from None
     if image_size is not None and images.shape[-1] != image_size:
-        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
-                               antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        images = resize_images(images, image_size)
     return ImageDataset(images, labels, list(ds.classes), name, split)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) resized to ``size`` x ``size``: bilinear with antialiasing, rounded back to uint8."""
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
 
 
 def load_dataset(source: str | os.PathLike = "sample", split: str = "train", *, root: str | None = None,
@@ -347,8 +352,7 @@ def load_dataset(source: str | os.PathLike = "sample", split: str = "train", *, 
     if src == "sample":
         ds = load_sample(split)
         if image_size is not None and image_size != ds.image_size:
-            ds.images = F.interpolate(ds.images.float(), size=(image_size, image_size), mode="bilinear",
-                                      antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            ds.images = resize_images(ds.images, image_size)
     elif src in _TV:
         ds = load_torchvision(src, split, root=root, download=download, image_size=image_size)
     elif os.sep in src or "/" in src or src.endswith(".zip") or Path(src).exists():

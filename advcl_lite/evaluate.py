@@ -38,9 +38,10 @@ import torch
 import torch.nn as nn
 
 from .attacks import PGD, check_attack_params, model_mode
+from .checkpoint import write_json
 from .data import ImageDataset, class_balanced_subset, load_dataset
-from .device import resolve_device
 from .presets import check_count
+from .runtime import progress_bar, progress_enabled, resolve_device, seeded
 
 EPS = 8 / 255
 PGD_ALPHA = 2 / 255
@@ -169,16 +170,6 @@ def _model_device(model: nn.Module, device=None) -> torch.device:
     return _param_device(model)
 
 
-@contextmanager
-def _seeded(seed: int | None, device: torch.device):
-    """Seed torch for the attack's random starts without disturbing the caller's random state."""
-    if seed is None:
-        yield
-        return
-    devs = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devs):
-        torch.manual_seed(seed)
-        yield
 
 
 def _as_dataset(data, n: int | None, seed: int) -> tuple[Iterable, int, str]:
@@ -230,15 +221,13 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
     dev = _model_device(model, device)
     src, size, ident = _as_dataset(data, n, seed)
     hook = make_attack(model, attack, eps=eps, device=dev, seed=seed)
-    from .pretrain import progress_enabled
-    from tqdm.auto import tqdm
     t0 = time.perf_counter()
     correct = robust = 0
     max_linf = 0.0
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    bar = tqdm(_batches(src, batch_size, dev), total=math.ceil(size / batch_size), desc="evaluate",
-               disable=not progress_enabled(progress) or hook is None, leave=False, mininterval=2.0)
-    with model_mode(model, "eval"), _seeded(seed, dev):
+    bar = progress_bar(_batches(src, batch_size, dev), total=math.ceil(size / batch_size), desc="evaluate",
+                       disable=not progress_enabled(progress) or hook is None)
+    with model_mode(model, "eval"), seeded(seed, dev):
         for x, y in bar:
             with torch.no_grad():
                 ok = model(x).argmax(1) == y
@@ -271,6 +260,14 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
 
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
+
+
+def intervals_separate(a: dict[str, Any], b: dict[str, Any], metric: str = "ra") -> int:
+    """Compare two result records on ``metric`` by their 95 % intervals (``<metric>_ci``): +1 when a's lies
+    wholly above b's, -1 when wholly below, 0 when they overlap (no difference shown)."""
+    lo_a, hi_a = a[f"{metric}_ci"]
+    lo_b, hi_b = b[f"{metric}_ci"]
+    return 1 if lo_a > hi_b else (-1 if lo_b > hi_a else 0)
 
 
 def format_result(result: dict[str, Any], label: str | None = None) -> str:
@@ -329,7 +326,7 @@ def save_records(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
     written = []
     for t in targets:
         if t.suffix == ".json":
-            t.write_text(json.dumps(records, indent=1, default=str))
+            write_json(t, records, default=str)
         else:
             cols: list[str] = []
             for r in records:
@@ -551,7 +548,7 @@ def plot_accuracy_vs_eps(curves: dict[str, dict[str, Any]] | Sequence[dict[str, 
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ns.add(c["n"])
     ax.set_xlabel("eps (x/255, L-inf)")
-    ax.set_ylabel(f"robust accuracy (%), PGD")
+    ax.set_ylabel("robust accuracy (%), PGD")
     ax.set_ylim(0, 100)
     ax.set_title(title or f"accuracy vs attack strength (n = {', '.join(map(str, sorted(ns)))})")
     ax.legend(fontsize=8)
@@ -560,32 +557,3 @@ def plot_accuracy_vs_eps(curves: dict[str, dict[str, Any]] | Sequence[dict[str, 
 
 
 # --------------------------------------------------------------------------- CLI
-
-def cli_evaluate(args) -> int:
-    from .cli import preset_from_args
-    from .finetune import check_image_size, load_finetuned, load_split
-    p = preset_from_args(args)
-    check_count("--n (test images)", args.n)
-    model, meta = load_finetuned(args.model, device=args.device)
-    attack = None if args.attack == "none" else args.attack
-    n = args.n if args.n is not None else ((p.aa_n or p.eval_n) if attack == "autoattack" else p.eval_n)
-    source = args.data or meta.get("data_source")
-    if not source:
-        raise ValueError(f"{args.model!r} was finetuned on an in-memory dataset ({meta.get('dataset')}); "
-                         f"pass --data with the dataset to evaluate on")
-    size = args.image_size or meta.get("resize")
-    test = load_split(source, "test", size)
-    check_image_size(test, meta.get("image_size"), what=f"the model {args.model!r}")
-    if test.num_classes != meta["num_classes"]:
-        raise ValueError(f"{test.name} has {test.num_classes} classes but the model was finetuned for "
-                         f"{meta['num_classes']} ({meta.get('dataset_name')}); pass the matching --data")
-    r = evaluate(model, test, attack=attack, n=n, eps=args.eps, seed=p.seed, progress=not args.no_progress)
-    if args.json:
-        print(json.dumps({"model": str(args.model), "scheme": meta.get("scheme"),
-                          "encoder_method": meta.get("encoder", {}).get("method"), **r}, indent=1))
-        return 0
-    enc = meta.get("encoder", {})
-    print(f"{args.model}: {str(meta.get('scheme')).upper()} of {enc.get('run_name') or enc.get('class')} "
-          f"(finetuned on {meta.get('dataset')}), test set {test.id}")
-    print(format_result(r) + f"  [{r['attack']}, {r['seconds']:.0f}s]")
-    return 0

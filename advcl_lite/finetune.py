@@ -57,13 +57,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD, TradesPGD
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside
-from .data import DataError, ImageDataset, class_balanced_subset, crop_flip, load_dataset, train_val_split
-from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
-from .losses import trades_kl
-from .models import Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, to_channels_last
+from .checkpoint import (CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside,
+                         sha256_file, state_dict_sha256, write_json)
+from .data import (DataError, ImageDataset, class_balanced_subset, crop_flip, load_dataset, resize_images,
+                   train_val_split)
+from .evaluate import evaluate
+from .losses import NonFiniteLossError, trades_kl
+from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
+                     to_channels_last)
 from .presets import Preset, get_preset
-from .pretrain import NonFiniteLossError, load_pretrained, progress_enabled
+from .runtime import (autocast, maybe_data_parallel, progress_bar, progress_enabled, resolve_device, seed_everything,
+                      unwrap)
 
 SCHEMES = ("slf", "alf", "aff")
 FT_WEIGHT_DECAY = 2e-4
@@ -118,17 +122,6 @@ class FeatureExtractor(nn.Module):
 
 # --------------------------------------------------------------------------- inputs
 
-from .checkpoint import sha256_file  # noqa: E402
-
-def _sha256_state(module: nn.Module) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A fresh, plain (single-BN) copy of ``encoder`` for finetuning, and a JSON-able description of it.
 
@@ -151,7 +144,7 @@ def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[
     module = unwrap(encoder)
     if not isinstance(module, nn.Module):
         raise TypeError(f"encoder must be a pretraining checkpoint path or an nn.Module, got {type(encoder).__name__}")
-    sha = _sha256_state(module)
+    sha = state_dict_sha256(module)
     if isinstance(module, (ContrastiveNet, ResNet18)):
         routes = module.routes
         r = None
@@ -172,9 +165,7 @@ def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[
 def _resize(ds: ImageDataset, size: int) -> ImageDataset:
     if ds.image_size == size:
         return ds
-    imgs = F.interpolate(ds.images.float(), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    return ImageDataset(imgs, ds.labels, ds.classes, ds.name, ds.split)
+    return ImageDataset(resize_images(ds.images, size), ds.labels, ds.classes, ds.name, ds.split)
 
 
 def load_split(data, split: str = "train", image_size: int | None = None) -> ImageDataset:
@@ -202,12 +193,6 @@ def finetune_splits(ds: ImageDataset, preset: Preset) -> tuple[ImageDataset, Ima
     return train_val_split(sub, preset.val_fraction, seed=preset.seed)
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def lr_milestones(epochs: int) -> list[int]:
     """Epochs after which the lr is divided by 10: 60 % and 80 % of ``epochs`` (15 and 20 of 25)."""
     return sorted({max(1, int(round(0.6 * epochs))), max(1, int(round(0.8 * epochs)))})
@@ -216,7 +201,6 @@ def lr_milestones(epochs: int) -> list[int]:
 # --------------------------------------------------------------------------- the loop
 
 def _val_metrics(model: nn.Module, val: ImageDataset, scheme: str, p: Preset, device, epoch: int) -> dict[str, Any]:
-    from .evaluate import evaluate
     attack = None
     if scheme != "slf":
         attack = PGD(model, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
@@ -295,7 +279,6 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
     elif scheme == "aff":
         attack = TradesPGD(net, p.eps, p.alpha, p.ft_pgd_steps, mode="eval")
 
-    from tqdm.auto import tqdm
     show = progress_enabled(progress)
     history: list[dict[str, Any]] = []
     best_key, best_epoch, best_val, best_state = None, 0, None, None
@@ -307,13 +290,13 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
         # SLF/ALF: the whole classifier stays in eval mode (frozen BN statistics); AFF trains everything
         net.train(not linear)
         t0, sums, seen, correct = time.perf_counter(), {}, 0, 0
-        bar = tqdm(train.batches(bs, shuffle=True, generator=gen, device=dev, drop_last=True), total=steps,
-                   desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", disable=not show, leave=False, mininterval=2.0)
+        bar = progress_bar(train.batches(bs, shuffle=True, generator=gen, device=dev, drop_last=True), total=steps,
+                           desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", progress=show)
         for x, y, _ in bar:
             x = crop_flip(x, gen)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(dev, p.amp):
+            with autocast(dev, p.amp):
                 if scheme == "slf":
                     logits = net(x)
                     loss = F.cross_entropy(logits.float(), y)
@@ -378,7 +361,7 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
         out = Path(out_dir)
         ckpt = save_checkpoint(out / CHECKPOINT_NAME, kind="finetune", state_dict=unwrap(model).state_dict(),
                                meta=meta, history=json.dumps(history))
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        write_json(out / "history.json", history)
     return FinetuneResult(model, ckpt, history, best_epoch, best_val, seconds, meta)
 
 
@@ -435,31 +418,3 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
         set_aside(path.parent, (path, path.parent / "history.json"))    # kept, never deleted
     return finetune(encoder, scheme, p, data=data, out_dir=out_dir, device=device, progress=progress,
                     image_size=image_size, route=route)
-
-
-def cli_finetune(args) -> int:
-    from .cli import preset_from_args
-    p = preset_from_args(args)
-    enc = Path(args.encoder)
-    if not enc.exists():
-        raise CheckpointError(f"encoder checkpoint {str(enc)!r} does not exist; pass a pretraining checkpoint "
-                              f"such as runs/{p.name}/pretrain/advcl/final.pt")
-    name = enc.parent.name if enc.name in ("final.pt", "last.pt") else enc.stem
-    out = Path(args.out) if args.out else Path("runs") / p.name / "finetune" / f"{name}-{args.scheme}"
-    if (out / CHECKPOINT_NAME).exists() and not args.overwrite:
-        raise ValueError(f"{out / CHECKPOINT_NAME} already exists; pass --overwrite to replace it, or --out another folder")
-    res = finetune(enc, args.scheme, p, data=p.data, out_dir=out, device=args.device,
-                   progress=not args.no_progress, image_size=args.image_size)
-    metrics = {"checkpoint": str(res.checkpoint), "scheme": res.meta["scheme"], "preset": p.name,
-               "encoder": res.meta["encoder"]["path"], "encoder_method": res.meta["encoder"]["method"],
-               "route": res.meta["encoder"]["route"], "dataset": res.meta["dataset"], "train": res.meta["train"],
-               "val": res.meta["val"], "best_epoch": res.best_epoch, "epochs": p.ft_epochs,
-               "val_metrics": res.val, "selection": SELECTION_RULE, "seconds": res.seconds, "history": res.history}
-    mpath = out / "metrics.json"
-    mpath.write_text(json.dumps(metrics, indent=1))
-    v = res.val
-    ra = f", RA {v['val_ra']:.1%}" if "val_ra" in v else ""
-    print(f"wrote {res.checkpoint} and {mpath}: {res.meta['scheme'].upper()} best epoch {res.best_epoch}/{p.ft_epochs}, "
-          f"validation SA {v['val_sa']:.1%}{ra} (n={v['val_n']}), {res.seconds:.0f}s")
-    print(f"next: advcl-lite evaluate --model {res.checkpoint} --preset {p.name} --attack pgd20")
-    return 0

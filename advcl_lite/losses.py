@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or weights; the last good checkpoint is kept."""
+
+
 def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float()
 

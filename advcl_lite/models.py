@@ -8,9 +8,20 @@ BatchNorm2d, which is what :func:`export_encoder` returns for finetuning.
 """
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .runtime import resolve_device
+
+METHODS = ("simclr", "acl", "advcl")
+# the BN routes each method's backbone trains (AdvCL adds "pgd_ce" when it has pseudo-label heads)
+ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "pgd")}
 
 
 class RoutedBatchNorm2d(nn.Module):
@@ -241,3 +252,34 @@ def is_channels_last(model: nn.Module) -> bool:
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last) \
         and not conv.weight.is_contiguous()
+
+
+# --------------------------------------------------------------------------- a method's network, and reading it back
+
+def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl") -> ContrastiveNet:
+    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads)
+    and projection head ``head`` (:func:`head_of`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    routes = ROUTES[method] + (("pgd_ce",) if pseudo_ks else ())
+    return ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head)
+
+
+def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNet, dict[str, Any]]:
+    """Rebuild the ContrastiveNet stored in a pretraining checkpoint (strict keys), in eval mode.
+
+    Returns ``(net, meta)``; ``meta["history"]`` is the per-epoch history, ``meta["eval_route"]``
+    the BN route to export for finetuning. Any key or shape mismatch raises CheckpointError.
+    """
+    ck = load_checkpoint(path, kind="pretrain", map_location="cpu")
+    meta = ck["meta"]
+    try:
+        net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())),
+                        meta.get("head", "advcl"))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: pretraining checkpoint metadata is incomplete ({e}); re-create it") from None
+    load_weights(net, ck["state_dict"], str(path))
+    meta = dict(meta)
+    meta["history"] = json.loads(ck.get("history", "[]"))
+    meta["path"] = str(path)
+    return net.to(resolve_device(device)).eval(), meta

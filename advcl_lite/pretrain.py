@@ -53,24 +53,20 @@ import torch.nn as nn
 
 from .attacks import ContrastivePGD, PseudoLabelPGD, attack_pair
 from .checkpoint import (CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint,
-                         set_aside)
+                         set_aside, write_json)
 from .data import ImageDataset, class_balanced_subset, crop_flip, load_dataset, simclr_view
-from .device import maybe_data_parallel, resolve_device, seed_everything, unwrap
 from .frequency import HighPass, LowPass, scaled_radius
-from .losses import multiview_contrastive_loss, pseudo_label_loss
-from .models import ContrastiveNet, is_channels_last, to_channels_last
+from .losses import NonFiniteLossError, multiview_contrastive_loss, pseudo_label_loss
+from .models import METHODS, ContrastiveNet, build_net, is_channels_last, load_pretrained, to_channels_last
 from .optim import LARS, lr_factor
 from .presets import Preset, get_preset
+from .pseudo_labels import PseudoLabels, get_or_make_pseudo_labels
+from .runtime import (autocast, maybe_data_parallel, progress_bar, progress_enabled, resolve_device, seed_everything,
+                      unwrap)
 
-METHODS = ("simclr", "acl", "advcl")
 VIEWS = ("hfc", "lfc", "none")
-ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "pgd")}
 EVAL_ROUTE = {"simclr": "normal", "acl": "pgd", "advcl": "pgd"}
 ACL_ATTACK_MODE = "eval"   # ACL's original attacks with the running statistics; AdvCL's follows preset.attack_mode
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or weights; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -100,12 +96,6 @@ class PretrainResult:
         """Training throughput over the whole history (images / second)."""
         n = sum(r["images_per_s"] * r["seconds"] for r in self.history)
         return float(n / self.train_seconds) if self.train_seconds > 0 else float("nan")
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    if progress is not None:
-        return bool(progress)
-    return os.environ.get("ADVCL_PROGRESS", "1") not in ("0", "false", "no")
 
 
 def pretrain_dataset(preset: Preset, data: str | ImageDataset | None = None) -> ImageDataset:
@@ -152,13 +142,6 @@ def _lr_lambda(method: str, preset: Preset, steps_per_epoch: int):
     spe = steps_per_epoch if preset.advcl_lr_per_epoch else None
     return lambda step: lr_factor(step, warm, total, start=min(1.0, 0.01 / preset.lr), end=1e-3,
                                   steps_per_epoch=spe)
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class PretrainStep:
@@ -267,22 +250,12 @@ def head_of(method: str, preset: Preset) -> str:
     return "advcl" if method == "advcl" else preset.acl_head
 
 
-def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl") -> ContrastiveNet:
-    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads)
-    and projection head ``head`` (:func:`head_of`)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    routes = ROUTES[method] + (("pgd_ce",) if pseudo_ks else ())
-    return ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head)
-
-
 def auto_pseudo_labels(preset: Preset, ds: ImageDataset, work_dir: str | os.PathLike, device=None,
                        progress: bool | None = None):
     """AdvCL's default pseudo-labels for ``ds``: k-means (K in ``preset.pseudo_ks``; K > N/2 dropped) on the
     features of the SimCLR run ``work_dir/pretrain/simclr`` at the same preset (trained if absent), cached in
     ``work_dir/pseudo_labels/simclr.pt``. The original clustered an ImageNet-pretrained model's features,
     which cannot be had offline; any other labels can be passed as ``pseudo_labels=``."""
-    from .pseudo_labels import get_or_make_pseudo_labels
     final = Path(work_dir) / "pretrain" / "simclr" / "final.pt"
     stored = _stored_config(final) if final.exists() else None
     want = _resolve("simclr", preset, ds, "hfc", None, False, {})[-1]
@@ -321,7 +294,6 @@ def _resolve(method, preset, data, view, radius, pseudo_labels, overrides, label
     elif pseudo_labels is not False:
         if method != "advcl":
             raise ValueError("pseudo-labels are used by AdvCL only (method='advcl')")
-        from .pseudo_labels import PseudoLabels
         pl = pseudo_labels if isinstance(pseudo_labels, PseudoLabels) else PseudoLabels.load(pseudo_labels, dataset=ds)
         pl.check_dataset(ds)
     return p, ds, r, pl, _config(method, p, view, r, pl.describe() if pl is not None else None, ds)
@@ -330,7 +302,7 @@ def _resolve(method, preset, data, view, radius, pseudo_labels, overrides, label
 def _kept(last: Path, wrote_last: bool) -> str:
     if wrote_last:
         return f"the last good checkpoint {last} is kept"
-    return (f"this run wrote no checkpoint yet" + (f"; {last.parent} still holds an earlier run's files, untouched"
+    return ("this run wrote no checkpoint yet" + (f"; {last.parent} still holds an earlier run's files, untouched"
                                                    if last.exists() or (last.parent / 'final.pt').exists() else ""))
 
 
@@ -338,12 +310,6 @@ def _all_finite(net: nn.Module) -> bool:
     with torch.no_grad():
         return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
                    if t.is_floating_point())
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.PathLike, data=None,
@@ -436,18 +402,17 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
             save_checkpoint(path, kind="pretrain", state_dict=unwrap(net).state_dict(),
                             meta={**meta_base, "epoch": epoch}, **extra)
 
-        from tqdm.auto import tqdm
         show = progress_enabled(progress)
         end_epoch = preset.epochs if max_epochs is None else min(preset.epochs, max_epochs)
         t_run = time.perf_counter()
         for epoch in range(start_epoch, end_epoch):
             model.train()
             t0, sums, seen, lr_used = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
-            bar = tqdm(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True), total=steps_per_epoch,
-                       desc=f"{name} epoch {epoch + 1}/{preset.epochs}", disable=not show, leave=False, mininterval=2.0)
+            bar = progress_bar(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True),
+                               total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{preset.epochs}", progress=show)
             for x, _, idx in bar:
                 targets = pl.targets(idx, device) if pl is not None else None
-                with _autocast(device, preset.amp):
+                with autocast(device, preset.amp):
                     losses = step(x, gen, targets)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
@@ -478,33 +443,13 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
                 save(last, epoch + 1)
                 wrote_last = True
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(out_dir / "history.json", history)
+            write_json(out_dir / "history.json", history)
         done = len(history) >= preset.epochs
         if done:
             save(out_dir / "final.pt", preset.epochs)
         meta = {**meta_base, "epoch": len(history)}
         return PretrainResult(out_dir / ("final.pt" if done else "last.pt"), history, unwrap(net).eval(), meta,
                               seconds=time.perf_counter() - t_run)
-
-
-def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNet, dict[str, Any]]:
-    """Rebuild the ContrastiveNet stored in a pretraining checkpoint (strict keys), in eval mode.
-
-    Returns ``(net, meta)``; ``meta["history"]`` is the per-epoch history, ``meta["eval_route"]``
-    the BN route to export for finetuning. Any key or shape mismatch raises CheckpointError.
-    """
-    ck = load_checkpoint(path, kind="pretrain", map_location="cpu")
-    meta = ck["meta"]
-    try:
-        net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())),
-                        meta.get("head", "advcl"))
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: pretraining checkpoint metadata is incomplete ({e}); re-create it") from None
-    load_weights(net, ck["state_dict"], str(path))
-    meta = dict(meta)
-    meta["history"] = json.loads(ck.get("history", "[]"))
-    meta["path"] = str(path)
-    return net.to(resolve_device(device)).eval(), meta
 
 
 def _stored_config(path: Path) -> dict | None:
@@ -541,30 +486,3 @@ def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike,
             set_aside(out, (last, out / "history.json"))
         return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius,
                         pseudo_labels=pl if pl is not None else False, device=device, progress=progress)
-
-
-def cli_pretrain(args) -> int:
-    from .cli import preset_from_args
-    p = preset_from_args(args)
-    data = p.data
-    if args.image_size:
-        data = load_dataset(p.data, "train", image_size=args.image_size)
-    if args.no_pseudo_labels and args.pseudo_labels:
-        raise ValueError("--pseudo-labels FILE and --no-pseudo-labels contradict each other; give one of them")
-    if args.method != "advcl" and (args.no_pseudo_labels or args.pseudo_labels):
-        raise ValueError(f"--pseudo-labels / --no-pseudo-labels are AdvCL options; --method {args.method} has none")
-    pseudo = False if args.no_pseudo_labels else (args.pseudo_labels or "auto")
-    work = Path("runs") / p.name
-    out = args.out or str(work / "pretrain" / run_name(args.method, args.view, pseudo is not False, args.radius))
-    # AdvCL's own pseudo-labels: from the SimCLR run of runs/<preset> (default layout) or inside --out
-    labels_dir = None if args.out else work
-    if args.method == "advcl" and pseudo == "auto":
-        where = labels_dir or Path(out) / "pseudo-labels"
-        print(f"AdvCL pseudo-labels: k-means on a SimCLR run in {where} (made if absent; "
-              f"--pseudo-labels FILE to use others, --no-pseudo-labels for the ablation)", flush=True)
-    res = pretrain(args.method, p, out_dir=out, data=data, view=args.view, radius=args.radius,
-                   pseudo_labels=pseudo, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors, labels_dir=labels_dir)
-    print(f"wrote {res.checkpoint} (epoch {res.meta['epoch']}/{p.epochs}, final loss {res.final_loss:.4f}, "
-          f"{res.seconds:.0f}s; history in {Path(out) / 'history.json'})")
-    return 0

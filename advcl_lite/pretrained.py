@@ -26,11 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, sha256_file
-from .device import resolve_device
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, sha256_file, write_json
 from .models import ResNet18
+from .runtime import resolve_device
 
 KIND = "encoder"
 ORDER = ("random", "simclr", "acl", "advcl-nopl", "advcl")   # the floor first, the paper's method last
@@ -154,11 +152,7 @@ def save_encoder(encoder: ResNet18, name: str, folder: str | os.PathLike, info: 
 
 def write_manifest(m: dict[str, Any], folder: str | os.PathLike) -> Path:
     """Atomically write ``folder/<name>.json``."""
-    path = Path(folder) / f"{m['name']}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(m, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(folder) / f"{m['name']}.json", m)
 
 
 def _pct(v) -> str:
@@ -183,26 +177,3 @@ def table(folder: str | os.PathLike | None = None) -> str:
                     f"{m.get('data', {}).get('dataset_name', '-')} | {m.get('epochs', '-')} | {m.get('images_seen', '-')} | "
                     f"{'-' if mins is None else f'{mins / 60:.1f} min'} | {sa} | {ra} | {slf.get('n', '-')} |")
     return "\n".join(rows)
-
-
-def cli_pretrained(args) -> int:
-    """``advcl-lite pretrained list`` (the manifest table) or ``verify`` (every file's hash and strict load)."""
-    names = available()
-    if not names:
-        raise EncoderError(f"no shipped encoders in {encoder_dir()}; reinstall advcl_lite or re-make them with {REMAKE}")
-    if args.action == "list":
-        print(f"shipped encoders in {encoder_dir()}:")
-        print(table())
-        return 0
-    bad = 0
-    for name in names:
-        try:
-            enc = load_pretrained_encoder(name)
-            print(f"ok      {name}: sha256 {enc.manifest['sha256'][:16]}..., width {enc.base_width}, strict load")
-        except CheckpointError as e:
-            bad += 1
-            print(f"FAILED  {name}: {e}")
-    if bad:
-        raise EncoderError(f"{bad} of {len(names)} shipped encoders failed verification (see above)")
-    print(f"all {len(names)} shipped encoders verified")
-    return 0

@@ -46,10 +46,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, check_writable, load_checkpoint, save_checkpoint
-from .data import ImageDataset, DataError
-from .device import resolve_device, unwrap
-from .models import ContrastiveNet, ResNet18
+from .checkpoint import (CheckpointError, load_checkpoint, save_checkpoint, sha256_file, state_dict_sha256,
+                         tensor_bytes)
+from .data import DataError, ImageDataset
+from .models import ContrastiveNet, ResNet18, load_pretrained
+from .presets import PRESETS
+from .runtime import __version__, progress_bar, resolve_device, unwrap
+from .viz import plot_views
 
 DEFAULT_KS = (2, 10, 50, 100, 500)
 KIND = "pseudo_labels"
@@ -61,29 +64,11 @@ class PseudoLabelsNotFound(FileNotFoundError):
 
 # --------------------------------------------------------------------------- helpers
 
-from .checkpoint import sha256_file as _sha256_file  # noqa: E402
-from .pretrain import progress_enabled as _progress_enabled  # noqa: E402
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict (names, dtypes, shapes and values, in key order)."""
-    h = hashlib.sha256()
-    for k, v in sorted(unwrap(module).state_dict().items()):
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(_tensor_bytes(v))
-    return h.hexdigest()
-
-
 def _labels_sha256(ks: Sequence[int], labels: dict[int, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in ks:
         h.update(f"K={k}|".encode())
-        h.update(_tensor_bytes(labels[k].to(torch.int64)))
+        h.update(tensor_bytes(labels[k].to(torch.int64)))
     return h.hexdigest()
 
 
@@ -94,9 +79,9 @@ def _dataset_identity(data) -> dict[str, Any]:
                 "image_size": data.image_size,
                 # order of the true labels: tells two subsets with the same id apart (e.g. another seed).
                 # Used only to check identity; true labels never enter pretraining.
-                "dataset_fingerprint": hashlib.sha256(_tensor_bytes(data.labels.to(torch.int64))).hexdigest()[:16]}
+                "dataset_fingerprint": hashlib.sha256(tensor_bytes(data.labels.to(torch.int64))).hexdigest()[:16]}
     if isinstance(data, torch.Tensor):
-        digest = hashlib.sha256(_tensor_bytes(data)).hexdigest()[:16]
+        digest = hashlib.sha256(tensor_bytes(data)).hexdigest()[:16]
         return {"dataset": f"tensor:{digest}:{len(data)}", "dataset_name": "tensor", "dataset_split": "",
                 "n": len(data), "image_size": int(data.shape[-1]) if data.ndim == 4 else None,
                 "dataset_fingerprint": digest}
@@ -125,7 +110,6 @@ def item_means(data) -> torch.Tensor | None:
 
 def _versions() -> dict[str, str]:
     import sklearn
-    from . import __version__
     # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses
     return {"torch": str(torch.__version__), "sklearn": str(sklearn.__version__), "advcl_lite": str(__version__),
             "numpy": str(np.__version__)}
@@ -145,7 +129,7 @@ def encoder_sha256(encoder) -> str:
     """SHA-256 of a checkpoint file (path or PretrainResult) or of a module's state dict."""
     encoder = _unwrap_result(encoder)
     if isinstance(encoder, (str, os.PathLike)):
-        return _sha256_file(encoder)
+        return sha256_file(encoder)
     return state_dict_sha256(encoder)
 
 
@@ -153,7 +137,6 @@ def _load_encoder(encoder, device: torch.device) -> tuple[nn.Module, dict[str, A
     """A checkpoint path becomes its ContrastiveNet; return (module, description for the metadata)."""
     encoder = _unwrap_result(encoder)
     if isinstance(encoder, (str, os.PathLike)):
-        from .pretrain import load_pretrained
         path = Path(encoder)
         if not path.exists():
             raise CheckpointError(f"encoder checkpoint {str(path)!r} does not exist; pass a pretraining "
@@ -161,7 +144,7 @@ def _load_encoder(encoder, device: torch.device) -> tuple[nn.Module, dict[str, A
                                   f"(make one with: advcl-lite pretrain --method simclr --preset quick)")
         net, meta = load_pretrained(path, device)
         return net, {"encoder": meta.get("run_name") or meta.get("method", path.stem), "encoder_path": str(path),
-                     "encoder_sha256": _sha256_file(path), "encoder_hash_of": "checkpoint file",
+                     "encoder_sha256": sha256_file(path), "encoder_hash_of": "checkpoint file",
                      "encoder_method": meta.get("method"), "encoder_epoch": meta.get("epoch"),
                      "encoder_base_width": meta.get("base_width")}
     module = unwrap(encoder)
@@ -222,8 +205,6 @@ def extract_features(encoder, dataset_or_tensor, batch_size: int = 512, device=N
     ``(image, ...)`` tuples. The encoder runs in eval mode under ``torch.no_grad``; its
     train/eval mode is restored afterwards.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = resolve_device(device)
@@ -242,8 +223,8 @@ def extract_features(encoder, dataset_or_tensor, batch_size: int = 512, device=N
     module.eval()
     out = []
     try:
-        bar = tqdm(_batches(dataset_or_tensor, batch_size, device), total=-(-n // batch_size), desc="features",
-                   disable=not _progress_enabled(progress), leave=False, mininterval=2.0)
+        bar = progress_bar(_batches(dataset_or_tensor, batch_size, device), total=-(-n // batch_size),
+                           desc="features", progress=progress)
         for x in bar:
             f = fn(x)
             if isinstance(f, (tuple, list)):
@@ -460,7 +441,6 @@ class PseudoLabels:
 
 def _guess_cli_source(dataset_id: str) -> tuple[str, str]:
     """From an ImageDataset id ('name:split:n'), the --preset/--data that rebuild it (best effort)."""
-    from .presets import PRESETS
     parts = dataset_id.split(":")
     name = parts[0] if parts else ""
     split = parts[1] if len(parts) > 1 else ""
@@ -481,7 +461,6 @@ def _guess_cli_source(dataset_id: str) -> tuple[str, str]:
 
 def make_command(dataset_id: str, ks: Sequence[int] | None = None) -> str:
     """The exact ``advcl-lite pseudo-labels`` command for the dataset with this id (``ks``: default the preset's)."""
-    from .presets import PRESETS
     preset, data = _guess_cli_source(dataset_id)
     pname = preset.split()[0]
     ks = PRESETS[pname].pseudo_ks if ks is None else ks
@@ -631,7 +610,6 @@ def plot_cluster_grid(dataset: ImageDataset, labels, n_clusters: int = 8, per_cl
     most common true class (a diagnostic). Drawn by :func:`advcl_lite.viz.plot_views`;
     returns the matplotlib figure.
     """
-    from .viz import plot_views
 
     if isinstance(labels, PseudoLabels):
         k = k if k is not None else labels.ks[min(1, len(labels.ks) - 1)]
@@ -711,41 +689,3 @@ def plot_embedding(features, labels_by_cluster, true_labels, method: str = "tsne
 
 
 # --------------------------------------------------------------------------- command line
-
-def cli_pseudo_labels(args) -> int:
-    """``advcl-lite pseudo-labels --encoder CKPT [--k ...] [--preset ...] [--data ...] [--out ...]``."""
-    from .cli import preset_from_args
-    from .data import load_dataset
-    from .pretrain import pretrain_dataset
-
-    p = preset_from_args(args)
-    data = p.data
-    if args.image_size:
-        data = load_dataset(p.data, "train", image_size=args.image_size)
-    ds = pretrain_dataset(p, data)
-    try:
-        ks = [int(v) for v in str(args.k).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ValueError(f"--k takes comma-separated whole numbers such as 2,10,50, got {args.k!r}") from None
-    out = Path(args.out) if args.out else Path(args.encoder).parent / "pseudo_labels.pt"
-    enc = Path(args.encoder)
-    if out.exists() and enc.exists() and os.path.samefile(out, enc):
-        raise ValueError(f"--out {out} is the encoder checkpoint itself; write the labels to another file")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} already exists; pass --overwrite to replace it, or --out another file")
-    check_writable(out.parent, "folder of --out")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pl = make_pseudo_labels(args.encoder, ds, ks, seed=p.seed, device=args.device,
-                                progress=not args.no_progress)
-    import sys
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    pl.meta["preset"] = p.name
-    pl.meta["data"] = str(p.data)
-    pl.save(out, overwrite=args.overwrite)
-    print(f"wrote {out}: pseudo-labels for {ds.id} ({len(ds)} images) from encoder {args.encoder} "
-          f"(features {pl.meta['feature_seconds']:.1f}s)")
-    for line in pl.summary():
-        print(f"  {line}")
-    return 0

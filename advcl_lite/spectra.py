@@ -35,7 +35,6 @@ the end of this module; spectra curves are :func:`advcl_lite.viz.plot_radial_spe
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Iterable, Sequence
 
 import torch
@@ -43,8 +42,9 @@ import torch.nn as nn
 
 from .attacks import PGD, check_attack_params, check_inputs, model_mode
 from .data import class_interleaved  # noqa: F401 - re-exported for the spectra notebook
-from .device import resolve_device
-from .frequency import apply_mask, band_mask, energy_fraction, frequency_radius, radial_mask, radial_power_spectrum
+from .frequency import (apply_mask, band_mask, energy_fraction, frequency_radius, high_pass, low_pass, radial_mask,
+                        radial_power_spectrum)
+from .runtime import progress_bar, resolve_device, seeded
 
 BANDS = ("full", "low", "high")
 
@@ -61,27 +61,12 @@ def _model_device(model: nn.Module, device=None) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-@contextmanager
-def _seeded(seed: int | None, device: torch.device):
-    """Run the block with torch's RNG seeded to ``seed`` without disturbing the global stream."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
     check_inputs(x)
     if len(y) != len(x):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
-
-
-def _progress(progress: bool | None):
-    from .pretrain import progress_enabled
-    return progress_enabled(progress)
 
 
 # --------------------------------------------------------------------------- perturbation spectra
@@ -97,7 +82,7 @@ def pgd_perturbations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     dev = _model_device(model, device)
     attack = PGD(model, eps, alpha, steps)
     out = []
-    with _seeded(seed, dev):
+    with seeded(seed, dev):
         for s in range(0, len(x), batch_size):
             xb, yb = x[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev)
             out.append((attack(xb, yb) - xb).cpu())
@@ -218,12 +203,11 @@ def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: f
     freqs = heat_map_frequencies((h, w), max_freq, stride)
     errors = torch.zeros(len(freqs), dtype=torch.float64)
     g = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    from tqdm.auto import tqdm
     per_img = max(1, min(n, batch_size))
     f_chunk = max(1, batch_size // per_img)
     chunks = [(s, f) for s in range(0, n, per_img) for f in range(0, len(freqs), f_chunk)]
     with torch.no_grad(), model_mode(model, "eval"):
-        bar = tqdm(chunks, desc="Fourier heat map", disable=not _progress(progress), leave=False, mininterval=2.0)
+        bar = progress_bar(chunks, desc="Fourier heat map", progress=progress)
         for s, f in bar:
             xb, yb = x[s:s + per_img].to(dev), y[s:s + per_img].to(dev)
             fr = freqs[f:f + f_chunk]
@@ -390,11 +374,10 @@ def accuracy_under_band_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tens
             pred = model(x[s:s + batch_size].to(dev)).argmax(1).cpu()
             clean_ok[s:s + batch_size] = pred == y[s:s + batch_size].cpu()
     clean_acc = float(clean_ok.float().mean()) if n else float("nan")
-    from tqdm.auto import tqdm
     jobs = [(e, b) for e in eps_list for b in bands]
     records = []
-    with _seeded(seed, dev):
-        for e, b in tqdm(jobs, desc="band attacks", disable=not _progress(progress), leave=False):
+    with seeded(seed, dev):
+        for e, b in progress_bar(jobs, desc="band attacks", progress=progress):
             ok = clean_ok.clone()
             leak = torch.zeros(n, dtype=torch.float64)
             if e > 0:
@@ -503,7 +486,6 @@ def plot_frequency_explorer(model: nn.Module | dict[str, nn.Module], x: torch.Te
     (:func:`accuracy_under_band_attacks`). Returns ``(fig, stats)`` with
     ``stats[name] = {"hf_fraction", "clean", "full", "low", "high"}``.
     """
-    from .frequency import high_pass, low_pass
     plt = _plt()
     models = model if isinstance(model, dict) else {"model": model}
     fig, axes = plt.subplots(len(models), 5, figsize=(15, 3.1 * len(models)), squeeze=False, constrained_layout=True)

@@ -26,18 +26,21 @@ import math
 import os
 import platform
 import re
-import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .checkpoint import write_json
+from .data import DataError
+from .presets import PRESETS, get_preset
+from .pretrained import resolve_encoders
+from .runtime import HEADLESS_ENV, __version__
+
 RECORD_ENV = "ADVCL_RECORD_FILE"
 NOTEBOOKS_ENV = "ADVCL_NOTEBOOKS"
 KNOWN_DATA = ("sample", "cifar10", "cifar100", "stl10")
-HEADLESS_ENV = "ADVCL_HEADLESS"   # set by run_notebook: executed without a frontend (papermill)
 
 # a non-GUI backend that still embeds figures in the executed notebook ("agg" embeds none)
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
@@ -78,19 +81,6 @@ def _jsonable(value: Any, name: str) -> Any:
                     f"record numbers, strings, lists or dicts (e.g. float(x), tensor.tolist())")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record(name: str, value: Any) -> None:
     """Store ``value`` under ``name`` for the tests and the tour summary; returns nothing.
 
@@ -113,7 +103,7 @@ def record(name: str, value: Any) -> None:
             except (OSError, ValueError):
                 data = {}
         data[name] = value
-        _write_json(path, data)
+        write_json(path, data)
 
 
 def recorded() -> dict[str, Any]:
@@ -193,7 +183,6 @@ def _resolve_data(data: str) -> str:
         return str(data)
     p = Path(data).expanduser()
     if not p.exists():
-        from .data import DataError
         raise DataError(f"data {str(data)!r} is neither one of {', '.join(KNOWN_DATA)} nor an existing "
                         f"ImageFolder directory or zip")
     return str(p.resolve())
@@ -337,8 +326,6 @@ def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, pre
     A notebook that records ``headline`` (a list of sentences) puts them under "Headline", first."""
     import torch
 
-    from . import __version__
-    from .presets import PRESETS
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +356,7 @@ def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, pre
               "`artifacts/` and are reused by the next run with the same preset.", ""]
     md = out / "SUMMARY.md"
     md.write_text("\n".join(lines))
-    _write_json(out / "summary.json", {"preset": preset, "data": data, "encoders": encoders, "headline": headline,
+    write_json(out / "summary.json", {"preset": preset, "data": data, "encoders": encoders, "headline": headline,
                                        "finished": when, "seconds": seconds,
                                        "advcl_lite": __version__, "torch": torch.__version__,
                                        "python": platform.python_version(), "failure": failure,
@@ -391,8 +378,6 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
     On a failure the remaining notebooks are not run, the summary is still
     written, and the :class:`NotebookError` is raised.
     """
-    from .presets import get_preset
-    from .pretrained import resolve_encoders
     get_preset(preset)                                   # unknown preset: a clear error before any kernel starts
     how = resolve_encoders(encoders, preset)             # a bad value: a clear error before any kernel starts
     data = _resolve_data(data)
@@ -430,14 +415,3 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
     if error is not None:
         raise error
     return results
-
-
-def cli_tour(args) -> int:
-    """``advcl-lite tour``: run the notebooks; a failing notebook is one ``error:`` line (exit 2)."""
-    run_tour(args.preset, args.out, data=args.data, only=args.only, timeout=args.timeout, encoders=args.encoders)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience: python -m advcl_lite.tour 01
-    from .cli import main
-    sys.exit(main(["tour", *sys.argv[1:]]))

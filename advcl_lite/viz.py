@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .frequency import energy_fraction, high_pass, low_pass, radial_mask, radial_power_spectrum
+from .runtime import headless
 
 
 def widget(fn, manual: bool = False, **controls):
@@ -30,10 +31,7 @@ def widget(fn, manual: bool = False, **controls):
     notebook client waiting forever, so the widget is skipped with a one-line note and None is
     returned; the static figure beside it carries the content.
     """
-    import os
-
-    from .tour import HEADLESS_ENV
-    if os.environ.get(HEADLESS_ENV, "0") == "1":
+    if headless():
         print(f"(interactive widget '{getattr(fn, '__name__', 'widget')}' skipped: headless run; "
               f"open the notebook in JupyterLab to use it)")
         return None

@@ -41,7 +41,8 @@ def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
     from advcl_lite.data import load_sample
     from advcl_lite.models import to_channels_last
     from advcl_lite.presets import get_preset
-    from advcl_lite.pretrain import PretrainStep, build_net
+    from advcl_lite.models import build_net
+    from advcl_lite.pretrain import PretrainStep
 
     P = get_preset("benchmark", base_width=width, batch_size=batch, pgd_steps=pgd, attack_mode="train",
                    amp="none", channels_last=True)

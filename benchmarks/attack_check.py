@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     test = load_dataset(args.data, "test")
     x, _ = class_interleaved(test, 200)
-    print(f"| model | mean logit std | mean top softmax | SA | RA PGD-20 (CE) | RA PGD-20 (CW) | RA PGD-50 (CE) |")
+    print("| model | mean logit std | mean top softmax | SA | RA PGD-20 (CE) | RA PGD-20 (CW) | RA PGD-50 (CE) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         path = Path(run)

@@ -39,11 +39,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from advcl_lite.data import class_balanced_subset, crop_flip, load_dataset, simclr_view
-    from advcl_lite.device import resolve_device, seed_everything
+    from advcl_lite.runtime import resolve_device, seed_everything
     from advcl_lite.frequency import high_pass, scaled_radius
     from advcl_lite.models import to_channels_last
     from advcl_lite.presets import get_preset
-    from advcl_lite.pretrain import PretrainStep, build_net
+    from advcl_lite.models import build_net
+    from advcl_lite.pretrain import PretrainStep
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

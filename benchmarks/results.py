@@ -35,7 +35,8 @@ import torch
 
 from advcl_lite import get_preset
 from advcl_lite.data import load_dataset
-from advcl_lite.evaluate import evaluate, format_result, load_records, make_record, plot_results, save_records
+from advcl_lite.evaluate import (evaluate, format_result, intervals_separate, load_records, make_record, plot_results,
+                                 save_records)
 from advcl_lite.finetune import get_or_finetune
 from advcl_lite.models import ResNet18
 from advcl_lite.pretrain import auto_pseudo_labels, get_or_train, pretrain_dataset
@@ -61,9 +62,7 @@ def _rows(records, method, scheme="SLF", seed=None):
 def _cmp(a: dict, b: dict, metric: str = "ra") -> str:
     """``a`` vs ``b`` on one metric: the difference in points and whether the 95% intervals overlap."""
     d = (a[metric] - b[metric]) * 100
-    lo_a, hi_a = a[f"{metric}_ci"]
-    lo_b, hi_b = b[f"{metric}_ci"]
-    sep = "intervals do not overlap" if (lo_a > hi_b or lo_b > hi_a) else "intervals overlap"
+    sep = "intervals do not overlap" if intervals_separate(a, b, metric) else "intervals overlap"
     return f"{a[metric] * 100:.1f} vs {b[metric] * 100:.1f} ({d:+.1f} points; {sep})"
 
 

@@ -20,14 +20,14 @@ import pytest
 import torch
 
 from advcl_lite import pretrain as pt
-from advcl_lite.checkpoint import CheckpointError, RunLockedError, check_writable, run_lock, save_checkpoint
+from advcl_lite.checkpoint import CheckpointError, RunLockedError, check_writable, run_lock
 from advcl_lite.cli import main
 from advcl_lite.data import DataError, class_balanced_subset, load_dataset, load_image_folder, load_sample
 from advcl_lite.evaluate import evaluate
 from advcl_lite.finetune import finetune, load_finetuned
 from advcl_lite.models import Classifier, ResNet18, channels_last_safe, is_channels_last, to_channels_last
 from advcl_lite.presets import get_preset
-from advcl_lite.pseudo_labels import PseudoLabels, make_pseudo_labels
+from advcl_lite.pseudo_labels import PseudoLabels
 
 TINY = dict(train_subset=64, batch_size=32, base_width=4)
 
@@ -272,7 +272,7 @@ def test_negative_counts_never_act_as_slices(sample, capsys, tmp_path):
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path):
     def boom(args):
         raise ZeroDivisionError("division by zero")
-    monkeypatch.setattr("advcl_lite.pretrain.cli_pretrain", boom)
+    monkeypatch.setattr("advcl_lite.cli.cli_pretrain", boom)
     argv = ["pretrain", "--method", "simclr", "--out", str(tmp_path)]
     _one_error_line(capsys, argv, "unexpected ZeroDivisionError", "ADVCL_DEBUG=1")
     monkeypatch.setenv("ADVCL_DEBUG", "1")

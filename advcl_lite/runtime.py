@@ -1,0 +1,136 @@
+"""How the library runs: one device choice, seeding, mixed precision, progress bars, environment switches.
+
+Everything in advcl_lite that needs a device calls :func:`resolve_device`;
+nothing calls ``.cuda()`` directly. The ``ADVCL_*`` switches of how things run are read here:
+
+* ``ADVCL_DEVICE``: the device ``"auto"`` resolves to (``cpu``, ``cuda``, ``cuda:1``, ``mps``);
+* ``ADVCL_PROGRESS=0``: no progress bars (the tour and the tests set it);
+* ``ADVCL_HEADLESS=1``: no frontend will answer a widget (set by the tour's notebook runner);
+* ``ADVCL_DEBUG=1``: the command line raises with a traceback instead of printing one line.
+
+The variables that name folders are read where the folder is used: ``ADVCL_CACHE`` (decoded
+ImageFolder data, :mod:`advcl_lite.data`), ``ADVCL_ENCODERS`` (a re-made encoder set,
+:mod:`advcl_lite.pretrained`), ``ADVCL_NOTEBOOKS`` and ``ADVCL_RECORD_FILE`` (:mod:`advcl_lite.tour`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+__version__ = "0.1.0"
+_VALID = ("auto", "cpu", "cuda", "mps")
+DEVICE_ENV = "ADVCL_DEVICE"
+PROGRESS_ENV = "ADVCL_PROGRESS"
+HEADLESS_ENV = "ADVCL_HEADLESS"   # set by tour.run_notebook: executed without a frontend (papermill)
+DEBUG_ENV = "ADVCL_DEBUG"         # the command line shows tracebacks instead of one-line errors
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Return the device to use.
+
+    ``None`` or ``"auto"`` picks CUDA, then Apple MPS, then the CPU; the
+    environment variable ``ADVCL_DEVICE`` overrides the automatic choice.
+    An explicit ``"cuda"``/``"cuda:1"``/``"mps"`` that is not available is an
+    error rather than a silent fallback.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        device = os.environ.get(DEVICE_ENV, "auto")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = str(device).split(":")[0]
+    if kind not in _VALID:
+        raise ValueError(f"unknown device {device!r}; use one of auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device 'mps' was asked for but MPS is not available here; use --device cpu or auto")
+    return torch.device(device)
+
+
+def maybe_data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Wrap ``model`` in DataParallel when several CUDA devices are visible.
+
+    Checkpoints always store the unwrapped module (see :func:`unwrap`).
+    """
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return torch.nn.DataParallel(model)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DataParallel/DistributedDataParallel wrapper."""
+    return getattr(model, "module", model)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU generator seeded the same."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(n: int | None) -> None:
+    """Limit intra-op CPU threads (``None`` leaves torch's default)."""
+    if n:
+        torch.set_num_threads(int(n))
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Run the block with torch's RNG seeded to ``seed`` (CPU, and the CUDA device in use) without
+    disturbing the caller's random state; ``seed=None`` leaves the RNG alone."""
+    if seed is None:
+        yield
+        return
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of a preset's ``amp`` field: ``"none"`` (fp32), ``"bf16"`` or ``"fp16"``."""
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """Whether to draw progress bars: ``progress`` if given, else unless ``ADVCL_PROGRESS`` is 0/false/no."""
+    if progress is not None:
+        return bool(progress)
+    return os.environ.get(PROGRESS_ENV, "1") not in ("0", "false", "no")
+
+
+def debug_enabled() -> bool:
+    """True when ``ADVCL_DEBUG`` asks for tracebacks (anything but unset, 0, false or no)."""
+    return os.environ.get(DEBUG_ENV, "0") not in ("0", "", "false", "no")
+
+
+def headless() -> bool:
+    """True when no frontend can answer a widget (``ADVCL_HEADLESS=1``: papermill runs)."""
+    return os.environ.get(HEADLESS_ENV, "0") == "1"
+
+
+def progress_bar(iterable, *, total: int | None = None, desc: str = "", progress: bool | None = None,
+                 **kwargs: Any):
+    """A tqdm bar with the library's settings (off per :func:`progress_enabled`, not left behind, at most
+    one redraw every 2 s); ``kwargs`` override them (e.g. ``disable=True``)."""
+    from tqdm.auto import tqdm
+
+    opts = {"disable": not progress_enabled(progress), "leave": False, "mininterval": 2.0, **kwargs}
+    return tqdm(iterable, total=total, desc=desc, **opts)
