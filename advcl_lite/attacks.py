@@ -9,6 +9,10 @@
   ``anchors=[]`` and two inputs, ACL's pair attack, see ``attack_pair``).
 * :class:`PseudoLabelPGD` - maximises the mean pseudo-label cross-entropy of the
   heads (AdvCL's x_ce).
+* :class:`BandLimitedPGD` - PGD whose perturbation stays (approximately) in one frequency
+  band (notebook 05's band attacks).
+* :class:`AutoAttackHook` - AutoAttack (Croce & Hein, 2020) through the authors' package, and
+  :func:`make_attack`, which turns ``"pgd20"`` / ``"pgd<K>"`` / ``"autoattack"`` / a callable into a hook.
 
 All take inputs in [0, 1] (a clear error otherwise), start uniformly in the
 eps-ball (``random_start``, clipped to [0, 1]), take sign-gradient steps of
@@ -21,13 +25,20 @@ inputs only). ``repr`` prints every setting.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .frequency import apply_mask, band_filter
 from .losses import multiview_contrastive_loss, pseudo_label_loss
+from .runtime import param_device, resolve_device
+
+EPS = 8 / 255          # the paper's L-inf budget
+PGD_ALPHA = 2 / 255    # its PGD step
 
 
 def check_attack_params(eps: float, alpha: float, steps: int) -> None:
@@ -281,3 +292,165 @@ class PseudoLabelPGD(_LinfPGD):
 
     def _extra_repr(self):
         return {"route": self.route}
+
+
+# --------------------------------------------------------------------------- band-limited PGD (notebook 05)
+
+class BandLimitedPGD(PGD):
+    """L-inf PGD whose perturbation lives in one frequency band:
+    ``BandLimitedPGD(model, eps, alpha, steps, band="low", radius=8)(images, labels)``.
+
+    Each step, in this order:
+
+    1. ``d = P(sign(grad))``, with ``P`` the band filter, rescaled per image so that
+       ``max |d| = 1`` (a band-limited step then moves as far in L-inf as an ordinary
+       PGD step, whatever the band's width);
+    2. ``delta <- delta + alpha * d``;
+    3. projection, repeated ``refine`` times: ``delta <- P(delta)``, clip to
+       ``[-eps, eps]``, clip so that ``x + delta`` is in [0, 1].
+
+    Guarantees: the returned ``x_adv`` is in the eps-ball around ``x`` and in [0, 1]
+    exactly. It is in the band only approximately: clipping is the last operation, and
+    clipping re-creates a little out-of-band energy; the alternating projections
+    (``refine``) push delta towards the intersection of the band and the boxes, and
+    :func:`out_of_band_fraction` measures what is left (in this package's tests, under
+    0.1% of delta's energy with the default ``refine=10``, about 1% with ``refine=1``).
+    ``band="full"`` is ordinary PGD (no filter, no rescaling: the same steps as
+    :class:`~advcl_lite.attacks.PGD`).
+    The random start is uniform in the eps-ball, then projected the same way.
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 band="low", radius: float = 8.0, random_start: bool = True, refine: int = 10, loss: str = "ce",
+                 mode: str | None = "eval"):
+        super().__init__(model, eps, alpha, steps, random_start, loss, mode)
+        band_filter(8, band, radius)  # validates band and radius
+        if int(refine) != refine or refine < 1:
+            raise ValueError(f"refine={refine} must be a whole number >= 1")
+        self.band, self.radius, self.refine = band, float(radius), int(refine)
+
+    def _project(self, x: torch.Tensor, delta: torch.Tensor, mask) -> torch.Tensor:
+        for _ in range(self.refine if mask is not None else 1):
+            if mask is not None:
+                delta = apply_mask(delta, mask)
+            delta = delta.clamp(-self.eps, self.eps)
+            delta = (x + delta).clamp(0, 1) - x
+        return delta
+
+    def perturb(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_inputs(x)
+        x = x.detach()
+        mask = band_filter(tuple(x.shape[-2:]), self.band, self.radius, x.device)
+        with model_mode(self.model, self.mode):
+            delta = torch.zeros_like(x)
+            if self.random_start and self.eps > 0:
+                delta = self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps), mask)
+            for _ in range(self.steps):
+                x_adv = (x + delta).requires_grad_(True)
+                grad, = torch.autograd.grad(self._objective(x_adv, labels), x_adv)
+                with torch.no_grad():
+                    d = grad.sign()
+                    if mask is not None:
+                        d = apply_mask(d, mask)
+                        d = d / d.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
+                    delta = self._project(x, delta + self.alpha * d, mask)
+            return (x + delta).clamp(0, 1).detach()
+
+    __call__ = perturb
+
+    def _extra_repr(self):
+        return {"loss": self.loss, "band": self.band, "radius": self.radius, "refine": self.refine}
+
+
+def band_limited_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255,
+                     alpha: float = 2 / 255, steps: int = 10, band="low", radius: float = 8.0, *,
+                     random_start: bool = True, refine: int = 10) -> torch.Tensor:
+    """One batch through :class:`BandLimitedPGD`; returns ``x_adv`` (same shape as ``x``)."""
+    return BandLimitedPGD(model, eps, alpha, steps, band, radius, random_start, refine)(x, y)
+
+
+# --------------------------------------------------------------------------- AutoAttack, and attacks by name
+
+def _import_autoattack():
+    try:
+        from pyautoattack import AutoAttack  # the PyPI package `pyautoattack`
+    except ImportError:
+        try:
+            from autoattack import AutoAttack  # the authors' GitHub install
+        except ImportError:
+            raise ImportError("AutoAttack is not installed; pip install pyautoattack") from None
+    return AutoAttack
+
+
+@contextmanager
+def _quiet_logger(name: str, quiet: bool):
+    import logging
+    log = logging.getLogger(name)
+    old = log.level
+    if quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
+class AutoAttackHook:
+    """AutoAttack (Croce & Hein, 2020), L-inf, as an attack hook ``hook(images, labels) -> adv_images``.
+
+    Runs the authors' package with an explicit device and seed; ``version="standard"`` is
+    APGD-CE, APGD-T, FAB-T and Square. With fewer than 10 classes the targeted attacks use
+    all C - 1 other classes instead of 9; the targeted DLR loss needs at least 4 classes.
+    Quiet unless ``verbose=True``.
+    """
+
+    def __init__(self, model: nn.Module, eps: float = EPS, version: str = "standard", device=None, seed: int = 0,
+                 verbose: bool = False):
+        check_attack_params(eps, 0.0, 0)
+        AutoAttack = _import_autoattack()
+        self.model, self.eps, self.version, self.seed, self.verbose = model, float(eps), version, int(seed), verbose
+        self.device = resolve_device(device) if device is not None else param_device(model)
+        self.aa = AutoAttack(model, norm="Linf", eps=self.eps, version=version, device=self.device, seed=self.seed)
+        self.aa.verbose = verbose
+        self._classes = None
+
+    def _fit_classes(self, x: torch.Tensor) -> None:
+        with torch.no_grad(), model_mode(self.model, "eval"):
+            c = int(self.model(x[:1]).shape[1])
+        if c < 4 and self.version == "standard":
+            raise ValueError(f"AutoAttack's standard version needs at least 4 classes (targeted DLR loss); this "
+                             f"model has {c}. Use attack='pgd20', or AutoAttackHook(..., version='custom') with "
+                             f"aa.attacks_to_run = ['apgd-ce', 'square']")
+        t = min(9, c - 1)
+        self.aa.apgd_targeted.n_target_classes = t
+        self.aa.fab.n_target_classes = t
+        self._classes = c
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self._classes is None:
+            self._fit_classes(images)
+        with model_mode(self.model, "eval"), _quiet_logger("auto-attack", not self.verbose):
+            x_adv, _ = self.aa.run_standard_evaluation(images, labels, batch_size=len(images))
+        return x_adv.detach()
+
+    def __repr__(self) -> str:
+        return (f"AutoAttack(norm='Linf', eps={self.eps:.5f} ({self.eps * 255:.3g}/255), version={self.version!r}, "
+                f"seed={self.seed}, device='{self.device}')")
+
+
+def make_attack(model: nn.Module, attack, eps: float = EPS, device=None, seed: int = 0) -> Callable | None:
+    """Turn an attack spec into a hook: None, "none", "pgd20", "pgd<K>", "autoattack", or a callable (returned as is)."""
+    if attack is None or (isinstance(attack, str) and attack.lower() in ("none", "clean")):
+        return None
+    if isinstance(attack, str):
+        a = attack.lower()
+        m = re.fullmatch(r"pgd-?(\d+)", a)
+        if m:
+            return PGD(model, eps, PGD_ALPHA, int(m.group(1)), random_start=True, mode="eval")
+        if a in ("autoattack", "aa"):
+            return AutoAttackHook(model, eps, device=device, seed=seed)
+        raise ValueError(f"unknown attack {attack!r}; use none, pgd20 (or pgd<K>), autoattack, or a callable "
+                         f"attack(images, labels) -> adversarial images")
+    if not callable(attack):
+        raise TypeError(f"attack must be a name or a callable attack(images, labels), got {type(attack).__name__}")
+    return attack

@@ -30,22 +30,17 @@ import math
 import os
 import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
-from .attacks import PGD, check_attack_params, model_mode
+from .attacks import EPS, PGD, check_attack_params, make_attack, model_mode
 from .checkpoint import write_json
 from .data import ImageDataset, class_balanced_subset, load_dataset
 from .presets import check_count
-from .runtime import progress_bar, progress_enabled, resolve_device, seeded
-
-EPS = 8 / 255
-PGD_ALPHA = 2 / 255
-
+from .runtime import model_device, progress_bar, progress_enabled, seeded
 
 # --------------------------------------------------------------------------- intervals
 
@@ -69,108 +64,7 @@ def accuracy_ci(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- attacks
 
-def _import_autoattack():
-    try:
-        from pyautoattack import AutoAttack  # the PyPI package `pyautoattack`
-    except ImportError:
-        try:
-            from autoattack import AutoAttack  # the authors' GitHub install
-        except ImportError:
-            raise ImportError("AutoAttack is not installed; pip install pyautoattack") from None
-    return AutoAttack
-
-
-@contextmanager
-def _quiet_logger(name: str, quiet: bool):
-    import logging
-    log = logging.getLogger(name)
-    old = log.level
-    if quiet:
-        log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(old)
-
-
-class AutoAttackHook:
-    """AutoAttack (Croce & Hein, 2020), L-inf, as an attack hook ``hook(images, labels) -> adv_images``.
-
-    Runs the authors' package with an explicit device and seed; ``version="standard"`` is
-    APGD-CE, APGD-T, FAB-T and Square. With fewer than 10 classes the targeted attacks use
-    all C - 1 other classes instead of 9; the targeted DLR loss needs at least 4 classes.
-    Quiet unless ``verbose=True``.
-    """
-
-    def __init__(self, model: nn.Module, eps: float = EPS, version: str = "standard", device=None, seed: int = 0,
-                 verbose: bool = False):
-        check_attack_params(eps, 0.0, 0)
-        AutoAttack = _import_autoattack()
-        self.model, self.eps, self.version, self.seed, self.verbose = model, float(eps), version, int(seed), verbose
-        self.device = resolve_device(device) if device is not None else _param_device(model)
-        self.aa = AutoAttack(model, norm="Linf", eps=self.eps, version=version, device=self.device, seed=self.seed)
-        self.aa.verbose = verbose
-        self._classes = None
-
-    def _fit_classes(self, x: torch.Tensor) -> None:
-        with torch.no_grad(), model_mode(self.model, "eval"):
-            c = int(self.model(x[:1]).shape[1])
-        if c < 4 and self.version == "standard":
-            raise ValueError(f"AutoAttack's standard version needs at least 4 classes (targeted DLR loss); this "
-                             f"model has {c}. Use attack='pgd20', or AutoAttackHook(..., version='custom') with "
-                             f"aa.attacks_to_run = ['apgd-ce', 'square']")
-        t = min(9, c - 1)
-        self.aa.apgd_targeted.n_target_classes = t
-        self.aa.fab.n_target_classes = t
-        self._classes = c
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self._classes is None:
-            self._fit_classes(images)
-        with model_mode(self.model, "eval"), _quiet_logger("auto-attack", not self.verbose):
-            x_adv, _ = self.aa.run_standard_evaluation(images, labels, batch_size=len(images))
-        return x_adv.detach()
-
-    def __repr__(self) -> str:
-        return (f"AutoAttack(norm='Linf', eps={self.eps:.5f} ({self.eps * 255:.3g}/255), version={self.version!r}, "
-                f"seed={self.seed}, device='{self.device}')")
-
-
-def make_attack(model: nn.Module, attack, eps: float = EPS, device=None, seed: int = 0) -> Callable | None:
-    """Turn an attack spec into a hook: None, "none", "pgd20", "pgd<K>", "autoattack", or a callable (returned as is)."""
-    if attack is None or (isinstance(attack, str) and attack.lower() in ("none", "clean")):
-        return None
-    if isinstance(attack, str):
-        a = attack.lower()
-        m = re.fullmatch(r"pgd-?(\d+)", a)
-        if m:
-            return PGD(model, eps, PGD_ALPHA, int(m.group(1)), random_start=True, mode="eval")
-        if a in ("autoattack", "aa"):
-            return AutoAttackHook(model, eps, device=device, seed=seed)
-        raise ValueError(f"unknown attack {attack!r}; use none, pgd20 (or pgd<K>), autoattack, or a callable "
-                         f"attack(images, labels) -> adversarial images")
-    if not callable(attack):
-        raise TypeError(f"attack must be a name or a callable attack(images, labels), got {type(attack).__name__}")
-    return attack
-
-
 # --------------------------------------------------------------------------- the loop
-
-def _param_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _model_device(model: nn.Module, device=None) -> torch.device:
-    """``device`` if given (the model is moved there), else the device of the model's parameters."""
-    if device is not None:
-        dev = resolve_device(device)
-        model.to(dev)
-        return dev
-    return _param_device(model)
-
-
-
 
 def _as_dataset(data, n: int | None, seed: int) -> tuple[Iterable, int, str]:
     """(batches factory, size, identity) for an ImageDataset, a name/path (test split), or (images, labels)."""
@@ -218,7 +112,7 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
     perturbation the attack produced); ``seconds``, ``dataset``, ``eps``. RA <= SA by
     construction (see the module docstring).
     """
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     src, size, ident = _as_dataset(data, n, seed)
     hook = make_attack(model, attack, eps=eps, device=dev, seed=seed)
     t0 = time.perf_counter()

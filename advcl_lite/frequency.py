@@ -156,3 +156,45 @@ def radial_power_spectrum(x: torch.Tensor, normalize: bool = True) -> tuple[torc
     if normalize:
         power = power / power.sum().clamp_min(1e-30)
     return torch.arange(nb, device=x4.device, dtype=torch.float64), power
+
+
+# --------------------------------------------------------------------------- bands
+
+def size2(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {size}")
+    return h, w
+
+
+def band_filter(size: int | tuple[int, int], band="low", radius: float = 8.0, device="cpu") -> torch.Tensor | None:
+    """The FFT mask (unshifted layout, (H, W), float64) of a band; ``None`` for ``"full"``.
+
+    ``band``: ``"full"`` (no restriction), ``"low"`` (``d < radius``, DC included),
+    ``"high"`` (``d >= radius``, AdvCL's HFC), or a ring ``(r_in, r_out)`` (``r_in <= d < r_out``).
+    """
+    h, w = size2(size)
+    if isinstance(band, str):
+        if band == "full":
+            return None
+        if band == "low":
+            return radial_mask((h, w), radius, device, torch.float64)
+        if band == "high":
+            return 1.0 - radial_mask((h, w), radius, device, torch.float64)
+    elif isinstance(band, (tuple, list)) and len(band) == 2:
+        return band_mask((h, w), float(band[0]), float(band[1]), device, torch.float64)
+    raise ValueError(f"band must be 'full', 'low', 'high' or a ring (r_in, r_out), got {band!r}")
+
+
+def band_name(band) -> str:
+    return band if isinstance(band, str) else f"{float(band[0]):g}-{float(band[1]):g}"
+
+
+def out_of_band_fraction(delta: torch.Tensor, band="low", radius: float = 8.0) -> torch.Tensor:
+    """Per image, the share of ``delta``'s spectral energy (DC included) outside ``band``. Shape (N,)."""
+    d4 = delta if delta.ndim == 4 else delta[None]
+    mask = band_filter(tuple(d4.shape[-2:]), band, radius, d4.device)
+    if mask is None:
+        return torch.zeros(len(d4), dtype=torch.float64, device=d4.device)
+    p = torch.fft.fft2(d4.double()).abs().pow(2).sum(1)
+    return (p * (1 - mask)).sum((-2, -1)) / p.sum((-2, -1)).clamp_min(1e-30)

@@ -134,3 +134,18 @@ def progress_bar(iterable, *, total: int | None = None, desc: str = "", progress
 
     opts = {"disable": not progress_enabled(progress), "leave": False, "mininterval": 2.0, **kwargs}
     return tqdm(iterable, total=total, desc=desc, **opts)
+
+
+def param_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (the CPU for a model without parameters)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def model_device(model: torch.nn.Module, device=None) -> torch.device:
+    """``device`` if given (the model is moved there), else the device of the model's parameters."""
+    if device is not None:
+        dev = resolve_device(device)
+        model.to(dev)
+        return dev
+    return param_device(model)

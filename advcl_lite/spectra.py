@@ -15,10 +15,10 @@ frequencies is a classifier sensitive to? A *classifier* here is any
 * :func:`~advcl_lite.data.class_interleaved` (re-exported here) - test images in class
   order 0, 1, ..., 9, 0, 1, ... so that any prefix ``x[:k]`` is class-balanced (each
   analysis uses a prefix).
-* :class:`BandLimitedPGD` / :func:`band_limited_pgd` - PGD whose perturbation is
-  restricted to the low (``d < radius``) or high (``d >= radius``) frequencies, and
-  :func:`accuracy_under_band_attacks`, accuracy against full / low-only / high-only
-  perturbations over a list of eps.
+* :func:`accuracy_under_band_attacks` - accuracy against full / low-only / high-only
+  perturbations over a list of eps, made by :class:`~advcl_lite.attacks.BandLimitedPGD`
+  (PGD restricted to ``d < radius`` or ``d >= radius``; the bands are
+  :func:`~advcl_lite.frequency.band_filter`).
 
 Frequency conventions (the same as :mod:`advcl_lite.frequency`): ``(i, j)`` are
 signed integer frequencies along height and width, ``i`` in ``[-H//2, (H-1)//2]``;
@@ -40,28 +40,16 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .attacks import PGD, check_attack_params, check_inputs, model_mode
+from .attacks import PGD, BandLimitedPGD, check_attack_params, check_inputs, model_mode
 from .data import class_interleaved  # noqa: F401 - re-exported for the spectra notebook
-from .frequency import (apply_mask, band_mask, energy_fraction, frequency_radius, high_pass, low_pass, radial_mask,
-                        radial_power_spectrum)
-from .runtime import progress_bar, resolve_device, seeded
+from .frequency import (band_filter, band_name, energy_fraction, frequency_radius, high_pass, low_pass,
+                        out_of_band_fraction, radial_power_spectrum, size2)
+from .runtime import model_device, progress_bar, seeded
 
 BANDS = ("full", "low", "high")
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _model_device(model: nn.Module, device=None) -> torch.device:
-    """``device`` if given (the model is moved there), else the device of the model's parameters."""
-    if device is not None:
-        dev = resolve_device(device)
-        model.to(dev)
-        return dev
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
     check_inputs(x)
@@ -79,7 +67,7 @@ def pgd_perturbations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     Input ``x`` (N, C, H, W) in [0, 1], labels ``y`` (N,); returns delta (N, C, H, W) on the CPU.
     """
     _check_xy(x, y)
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     attack = PGD(model, eps, alpha, steps)
     out = []
     with seeded(seed, dev):
@@ -118,13 +106,6 @@ def power_spectrum_2d(x: torch.Tensor, centered: bool = True) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- Fourier basis and heat map
 
-def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if h < 1 or w < 1:
-        raise ValueError(f"image size must be positive, got {size}")
-    return h, w
-
-
 def _basis_stack(h: int, w: int, freqs: torch.Tensor, norm: float, device, dtype) -> torch.Tensor:
     """Real Fourier basis images for frequencies ``freqs`` (F, 2) -> (F, H, W), each of L2 norm ``norm``."""
     yy = torch.arange(h, device=device, dtype=torch.float64)[:, None]
@@ -145,7 +126,7 @@ def fourier_basis(size: int | tuple[int, int], i: int, j: int, norm: float = 1.0
     e.g. DC). Shape (H, W), or (channels, H, W) with the same image in every channel,
     each channel of norm ``norm``.
     """
-    h, w = _size2(size)
+    h, w = size2(size)
     if norm < 0:
         raise ValueError(f"norm={norm} must be >= 0")
     u = _basis_stack(h, w, torch.tensor([[int(i), int(j)]]), float(norm), device, dtype)[0]
@@ -159,7 +140,7 @@ def heat_map_frequencies(size: int | tuple[int, int], max_freq: int | None = Non
     ``|i|, |j| <= max_freq``; of each pair ``(i, j)``, ``(-i, -j)`` only one is listed,
     since both give the same basis image.
     """
-    h, w = _size2(size)
+    h, w = size2(size)
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride={stride} must be a whole number >= 1")
     if max_freq is not None and max_freq < 0:
@@ -198,7 +179,7 @@ def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: f
         raise ValueError(f"sign must be 'channel' or 'image', got {sign!r}")
     if norm < 0:
         raise ValueError(f"norm={norm} must be >= 0 (Yin et al. use 4 for CIFAR-10 in [0, 1])")
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     n, c, h, w = x.shape
     freqs = heat_map_frequencies((h, w), max_freq, stride)
     errors = torch.zeros(len(freqs), dtype=torch.float64)
@@ -241,112 +222,6 @@ def heat_map_summary(heat: torch.Tensor, radius: float = 8.0) -> dict[str, float
 
 # --------------------------------------------------------------------------- band-limited attacks
 
-def band_filter(size: int | tuple[int, int], band="low", radius: float = 8.0, device="cpu") -> torch.Tensor | None:
-    """The FFT mask (unshifted layout, (H, W), float64) of a band; ``None`` for ``"full"``.
-
-    ``band``: ``"full"`` (no restriction), ``"low"`` (``d < radius``, DC included),
-    ``"high"`` (``d >= radius``, AdvCL's HFC), or a ring ``(r_in, r_out)`` (``r_in <= d < r_out``).
-    """
-    h, w = _size2(size)
-    if isinstance(band, str):
-        if band == "full":
-            return None
-        if band == "low":
-            return radial_mask((h, w), radius, device, torch.float64)
-        if band == "high":
-            return 1.0 - radial_mask((h, w), radius, device, torch.float64)
-    elif isinstance(band, (tuple, list)) and len(band) == 2:
-        return band_mask((h, w), float(band[0]), float(band[1]), device, torch.float64)
-    raise ValueError(f"band must be 'full', 'low', 'high' or a ring (r_in, r_out), got {band!r}")
-
-
-def band_name(band) -> str:
-    return band if isinstance(band, str) else f"{float(band[0]):g}-{float(band[1]):g}"
-
-
-def out_of_band_fraction(delta: torch.Tensor, band="low", radius: float = 8.0) -> torch.Tensor:
-    """Per image, the share of ``delta``'s spectral energy (DC included) outside ``band``. Shape (N,)."""
-    d4 = delta if delta.ndim == 4 else delta[None]
-    mask = band_filter(tuple(d4.shape[-2:]), band, radius, d4.device)
-    if mask is None:
-        return torch.zeros(len(d4), dtype=torch.float64, device=d4.device)
-    p = torch.fft.fft2(d4.double()).abs().pow(2).sum(1)
-    return (p * (1 - mask)).sum((-2, -1)) / p.sum((-2, -1)).clamp_min(1e-30)
-
-
-class BandLimitedPGD(PGD):
-    """L-inf PGD whose perturbation lives in one frequency band:
-    ``BandLimitedPGD(model, eps, alpha, steps, band="low", radius=8)(images, labels)``.
-
-    Each step, in this order:
-
-    1. ``d = P(sign(grad))``, with ``P`` the band filter, rescaled per image so that
-       ``max |d| = 1`` (a band-limited step then moves as far in L-inf as an ordinary
-       PGD step, whatever the band's width);
-    2. ``delta <- delta + alpha * d``;
-    3. projection, repeated ``refine`` times: ``delta <- P(delta)``, clip to
-       ``[-eps, eps]``, clip so that ``x + delta`` is in [0, 1].
-
-    Guarantees: the returned ``x_adv`` is in the eps-ball around ``x`` and in [0, 1]
-    exactly. It is in the band only approximately: clipping is the last operation, and
-    clipping re-creates a little out-of-band energy; the alternating projections
-    (``refine``) push delta towards the intersection of the band and the boxes, and
-    :func:`out_of_band_fraction` measures what is left (in this package's tests, under
-    0.1% of delta's energy with the default ``refine=10``, about 1% with ``refine=1``).
-    ``band="full"`` is ordinary PGD (no filter, no rescaling: the same steps as
-    :class:`~advcl_lite.attacks.PGD`).
-    The random start is uniform in the eps-ball, then projected the same way.
-    """
-
-    def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 band="low", radius: float = 8.0, random_start: bool = True, refine: int = 10, loss: str = "ce",
-                 mode: str | None = "eval"):
-        super().__init__(model, eps, alpha, steps, random_start, loss, mode)
-        band_filter(8, band, radius)  # validates band and radius
-        if int(refine) != refine or refine < 1:
-            raise ValueError(f"refine={refine} must be a whole number >= 1")
-        self.band, self.radius, self.refine = band, float(radius), int(refine)
-
-    def _project(self, x: torch.Tensor, delta: torch.Tensor, mask) -> torch.Tensor:
-        for _ in range(self.refine if mask is not None else 1):
-            if mask is not None:
-                delta = apply_mask(delta, mask)
-            delta = delta.clamp(-self.eps, self.eps)
-            delta = (x + delta).clamp(0, 1) - x
-        return delta
-
-    def perturb(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_inputs(x)
-        x = x.detach()
-        mask = band_filter(tuple(x.shape[-2:]), self.band, self.radius, x.device)
-        with model_mode(self.model, self.mode):
-            delta = torch.zeros_like(x)
-            if self.random_start and self.eps > 0:
-                delta = self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps), mask)
-            for _ in range(self.steps):
-                x_adv = (x + delta).requires_grad_(True)
-                grad, = torch.autograd.grad(self._objective(x_adv, labels), x_adv)
-                with torch.no_grad():
-                    d = grad.sign()
-                    if mask is not None:
-                        d = apply_mask(d, mask)
-                        d = d / d.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
-                    delta = self._project(x, delta + self.alpha * d, mask)
-            return (x + delta).clamp(0, 1).detach()
-
-    __call__ = perturb
-
-    def _extra_repr(self):
-        return {"loss": self.loss, "band": self.band, "radius": self.radius, "refine": self.refine}
-
-
-def band_limited_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255,
-                     alpha: float = 2 / 255, steps: int = 10, band="low", radius: float = 8.0, *,
-                     random_start: bool = True, refine: int = 10) -> torch.Tensor:
-    """One batch through :class:`BandLimitedPGD`; returns ``x_adv`` (same shape as ``x``)."""
-    return BandLimitedPGD(model, eps, alpha, steps, band, radius, random_start, refine)(x, y)
-
-
 def accuracy_under_band_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                 eps_list: Iterable[float] = (2 / 255, 4 / 255, 8 / 255), radius: float = 8.0, *,
                                 bands: Sequence = BANDS, alpha: float | None = None, steps: int = 10,
@@ -366,7 +241,7 @@ def accuracy_under_band_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tens
         check_attack_params(e, alpha if alpha is not None else e / 4, steps)
     for b in bands:
         band_filter(8, b, radius)
-    dev = _model_device(model, device)
+    dev = model_device(model, device)
     n = len(x)
     clean_ok = torch.zeros(n, dtype=torch.bool)
     with torch.no_grad(), model_mode(model, "eval"):
@@ -495,7 +370,7 @@ def plot_frequency_explorer(model: nn.Module | dict[str, nn.Module], x: torch.Te
         delta = pgd_perturbations(m, x, y, eps, alpha, steps, device=device, seed=seed)
         recs = accuracy_under_band_attacks(m, x, y, [eps], radius, bands=("low", "high"), alpha=alpha, steps=steps,
                                            device=device, seed=seed, progress=False)
-        dev = _model_device(m)
+        dev = model_device(m)
         with torch.no_grad(), model_mode(m, "eval"):
             clean_ok = m(x.to(dev)).argmax(1).cpu() == y.cpu()
             adv_ok = m((x + delta).clamp(0, 1).to(dev)).argmax(1).cpu() == y.cpu()

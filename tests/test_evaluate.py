@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from advcl_lite.attacks import PGD
 from advcl_lite.data import load_dataset
-from advcl_lite.evaluate import (AutoAttackHook, accuracy_ci, accuracy_vs_eps, evaluate, format_result, load_records,
+from advcl_lite.attacks import AutoAttackHook
+from advcl_lite.evaluate import (accuracy_ci, accuracy_vs_eps, evaluate, format_result, load_records,
                                  make_attack, make_record, plot_accuracy_vs_eps, plot_results, records_table,
                                  save_records)
 from advcl_lite.models import Classifier, ResNet18
