@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- one handler per subcommand
 
+def _train_data(p, args):
+    """The preset's data, or its train split resized when ``--image-size`` is given."""
+    return load_dataset(p.data, "train", image_size=args.image_size) if args.image_size else p.data
+
+
 def cli_presets(args) -> int:
     for name, p in PRESETS.items():
         print(f"{name}: {p.description}")
@@ -123,9 +128,7 @@ def cli_tour(args) -> int:
 
 def cli_pretrain(args) -> int:
     p = preset_from_args(args)
-    data = p.data
-    if args.image_size:
-        data = load_dataset(p.data, "train", image_size=args.image_size)
+    data = _train_data(p, args)
     if args.no_pseudo_labels and args.pseudo_labels:
         raise ValueError("--pseudo-labels FILE and --no-pseudo-labels contradict each other; give one of them")
     if args.method != "advcl" and (args.no_pseudo_labels or args.pseudo_labels):
@@ -173,9 +176,7 @@ def cli_pretrained(args) -> int:
 def cli_pseudo_labels(args) -> int:
     """``advcl-lite pseudo-labels --encoder CKPT [--k ...] [--preset ...] [--data ...] [--out ...]``."""
     p = preset_from_args(args)
-    data = p.data
-    if args.image_size:
-        data = load_dataset(p.data, "train", image_size=args.image_size)
+    data = _train_data(p, args)
     ds = pretrain_dataset(p, data)
     try:
         ks = [int(v) for v in str(args.k).replace(" ", "").split(",") if v]

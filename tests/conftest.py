@@ -64,3 +64,11 @@ def run_nb(tour_dirs):
         return dict(done[key])
 
     return run
+
+
+@pytest.fixture(scope="module")
+def real():
+    """16 real test images of the embedded sample, float in [0, 1] (the frequency and viz tests)."""
+    from advcl_lite.data import load_dataset
+    x, _ = load_dataset("sample", "test").tensors(16)
+    return x

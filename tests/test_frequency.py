@@ -6,19 +6,12 @@ import math
 import pytest
 import torch
 
-from advcl_lite.data import load_dataset
 from advcl_lite.frequency import (HighPass, LowPass, apply_mask, band_mask, band_pass, energy_fraction,
                                   frequency_radius, high_pass, low_pass, radial_mask, radial_power_spectrum,
                                   scaled_radius)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def real():
-    x, _ = load_dataset("sample", "test").tensors(16)
-    return x
 
 
 def rand_images(n=4, c=3, h=32, w=32, dtype=torch.float32, seed=0):
@@ -33,7 +26,7 @@ def fourier_mode(size: int, u: int, v: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- masks
 
-def test_spec_radius_removes_193_of_1024_bins():
+def test_advcl_radius_8_removes_193_of_1024_bins():
     m = radial_mask(32, 8)
     assert m.shape == (32, 32)
     assert int(m.sum()) == 193

@@ -5,18 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from advcl_lite.data import load_dataset
 from advcl_lite.frequency import energy_fraction, high_pass, low_pass, radial_power_spectrum
-
-
-@pytest.fixture(scope="module")
-def real():
-    x, _ = load_dataset("sample", "test").tensors(16)
-    return x
-
-
-def rand_images(n=4, c=3, h=32, w=32, dtype=torch.float32, seed=0):
-    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
 
 
 @pytest.fixture
@@ -30,7 +19,7 @@ def plt():
 
 def test_display_images_maps_signed_views_to_gray_zero():
     from advcl_lite.viz import display_images
-    x = rand_images(2)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float()
     d = display_images(x)
     assert d.shape == (2, 32, 32, 3) and d.dtype == np.float32
     np.testing.assert_allclose(d, x.permute(0, 2, 3, 1).numpy())
