@@ -111,6 +111,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# the presets made for a GPU: a notebook on a CPU says how to get one (runtime.describe_device)
+GPU_PRESETS = ("paper",)
+
+
 def check_count(name: str, value: Any, minimum: int = 1, allow_none: bool = True) -> int | None:
     """``value`` as a whole number >= ``minimum`` (``None`` passes when ``allow_none``), else a one-line
     ValueError naming ``name``. Counts enter the library here: a negative one would otherwise act as a

@@ -267,7 +267,8 @@ def auto_pseudo_labels(preset: Preset, ds: ImageDataset, work_dir: str | os.Path
     simclr = get_or_train("simclr", preset, work_dir, data=ds, device=device, progress=progress)
     return get_or_make_pseudo_labels(Path(work_dir) / "pseudo_labels" / "simclr.pt", simclr.checkpoint, ds,
                                      ks=preset.pseudo_ks, seed=preset.seed, device=device, progress=progress,
-                                     encoder_name=f"simclr ({preset.name} preset, seed {preset.seed})")
+                                     encoder_name=f"simclr ({preset.name} preset, seed {preset.seed})",
+                                     warn_dropped=False)   # the preset documents the drop of K > N/2
 
 
 def _resolve(method, preset, data, view, radius, pseudo_labels, overrides, labels_dir=None, device=None,

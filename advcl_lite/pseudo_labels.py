@@ -471,15 +471,16 @@ def make_command(dataset_id: str, ks: Sequence[int] | None = None) -> str:
 
 def make_pseudo_labels(encoder, dataset, ks: Sequence[int] = DEFAULT_KS, seed: int = 0, device=None,
                        batch_size: int = 512, progress: bool | None = None,
-                       encoder_name: str | None = None) -> PseudoLabels:
+                       encoder_name: str | None = None, warn_dropped: bool = True) -> PseudoLabels:
     """Pseudo-labels for ``dataset`` from the frozen ``encoder``: features, L2 normalisation, k-means per K.
 
-    Ks above ``len(dataset) // 2`` are dropped with a warning naming them. ``encoder`` is
-    anything :func:`extract_features` takes (normally a SimCLR checkpoint path).
+    Ks above ``len(dataset) // 2`` are dropped, with a warning naming them unless ``warn_dropped=False``
+    (a preset's own K set, whose drop is documented); ``meta["dropped_ks"]`` names them either way.
+    ``encoder`` is anything :func:`extract_features` takes (normally a SimCLR checkpoint path).
     """
     n = len(dataset)
     kept, dropped = valid_ks(ks, n)
-    if dropped:
+    if dropped and warn_dropped:
         warnings.warn(f"dropping K={', '.join(map(str, dropped))}: this dataset has {n} images and K must be "
                       f"at most N/2 = {n // 2}", UserWarning, stacklevel=2)
     if not kept:
@@ -510,8 +511,9 @@ def make_pseudo_labels(encoder, dataset, ks: Sequence[int] = DEFAULT_KS, seed: i
 
 def get_or_make_pseudo_labels(path: str | os.PathLike, encoder, dataset, ks: Sequence[int] = DEFAULT_KS,
                               seed: int = 0, device=None, batch_size: int = 512, progress: bool | None = None,
-                              encoder_name: str | None = None) -> PseudoLabels:
-    """Load ``path`` if it holds labels for this dataset, encoder (same hash), Ks and seed; else make and save them."""
+                              encoder_name: str | None = None, warn_dropped: bool = True) -> PseudoLabels:
+    """Load ``path`` if it holds labels for this dataset, encoder (same hash), Ks and seed; else make and save
+    them (:func:`make_pseudo_labels`; ``warn_dropped`` as there)."""
     path = Path(path)
     if path.exists():
         try:
@@ -524,7 +526,7 @@ def get_or_make_pseudo_labels(path: str | os.PathLike, encoder, dataset, ks: Seq
         except (CheckpointError, DataError):
             pass
     pl = make_pseudo_labels(encoder, dataset, ks, seed=seed, device=device, batch_size=batch_size,
-                            progress=progress, encoder_name=encoder_name)
+                            progress=progress, encoder_name=encoder_name, warn_dropped=warn_dropped)
     pl.save(path)
     return pl
 
@@ -580,6 +582,7 @@ def cluster_stats(pseudo, true_labels, seed: int = 0):
 def plot_cluster_sizes(pseudo: PseudoLabels, ax=None):
     """Cluster sizes per K, largest first (log scale), with the size of a uniform split dashed."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 3.2))
@@ -593,6 +596,9 @@ def plot_cluster_sizes(pseudo: PseudoLabels, ax=None):
         ax.axhline(n / k, color=color, ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):          # plain numbers (1, 10, 100), not 2x10^0 on the minor ticks
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("cluster rank (largest first)")
     ax.set_ylabel("images in cluster")
     ax.set_title(f"cluster sizes of {n} images (dashed: N/K)", fontsize=10)

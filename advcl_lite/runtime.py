@@ -129,11 +129,56 @@ def headless() -> bool:
 def progress_bar(iterable, *, total: int | None = None, desc: str = "", progress: bool | None = None,
                  **kwargs: Any):
     """A tqdm bar with the library's settings (off per :func:`progress_enabled`, not left behind, at most
-    one redraw every 2 s); ``kwargs`` override them (e.g. ``disable=True``)."""
+    one redraw every 2 s); ``kwargs`` override them (e.g. ``disable=True``).
+
+    In a notebook the bar is a widget while it runs and a line of text once it closes
+    (:func:`_notebook_bar`), so a saved notebook holds no dead widget ("model not found" on reopening).
+    """
     from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
 
     opts = {"disable": not progress_enabled(progress), "leave": False, "mininterval": 2.0, **kwargs}
+    if issubclass(tqdm, notebook_tqdm):      # tqdm.auto found a Jupyter kernel
+        return _notebook_bar()(iterable, total=total, desc=desc, **opts)
     return tqdm(iterable, total=total, desc=desc, **opts)
+
+
+def _notebook_bar():
+    """A ``tqdm.notebook`` bar shown under a display id; on close it is replaced by one text line
+    (``desc: n/total in 0:12``), or ``stopped at n/total`` when it did not finish."""
+    from IPython.display import display
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    class TextOnCloseBar(notebook_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, display=False, **kwargs)
+            self._handle = None
+            if not self.disable:
+                self._handle = display(self.container, display_id=True)
+                self.displayed = True
+
+        def close(self):
+            handle, self._handle = getattr(self, "_handle", None), None
+            super().close()
+            if handle is not None:
+                d = self.format_dict
+                done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+                state = "" if not self.total or self.n >= self.total else "stopped at "
+                line = f"{self.desc + ': ' if self.desc else ''}{state}{done} in {self.format_interval(d['elapsed'])}"
+                handle.update({"text/plain": line}, raw=True)
+
+    return TextOnCloseBar
+
+
+def describe_device(device: torch.device, wants_gpu: bool = False) -> str:
+    """One line for a notebook's set-up cell: the device in use and, when ``wants_gpu`` (a preset made
+    for a GPU) but only a CPU was found, how to get one."""
+    line = f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    if wants_gpu and device.type == "cpu":
+        line += (". This preset is meant for a GPU and would take days here: in a hosted runtime choose "
+                 "Runtime > Change runtime type > GPU and run the notebook again; locally, run it on a machine "
+                 "with CUDA, or pick the 'quick' preset")
+    return line
 
 
 def param_device(model: torch.nn.Module) -> torch.device:

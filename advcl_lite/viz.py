@@ -235,7 +235,8 @@ def plot_radial_spectra(curves: Mapping[str, Any], radius: float | None = None, 
         ax.text(radius, ax.get_ylim()[1], f" r = {radius:g}", va="top", fontsize=8, color="gray")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8)
+    # beside the axes, not inside: perturbation spectra rise where image spectra fall, and no corner stays free
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig

@@ -79,8 +79,9 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(path):
         if c["cell_type"] == "code":
             assert c.get("outputs") == [], f"cell {i} of {path.name} has stored outputs; clear them"
             assert c.get("execution_count") is None, f"cell {i} of {path.name} has an execution count"
-    assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# "), \
-        "a notebook starts with its title"
+    first = "".join(cells[0]["source"]).split("\n")
+    assert cells[0]["cell_type"] == "markdown" and first[0].startswith("[![Open in Colab]") and first[2].startswith("# "), \
+        "a notebook starts with its hosted-runtime badge, then its title (scripts/hosted_cells.py)"
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters', has {len(tagged)}"
     cell = cells[tagged[0]]
