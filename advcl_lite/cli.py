@@ -1,7 +1,7 @@
 """``advcl-lite`` command line (also ``python -m advcl_lite``).
 
 Subcommands: ``tour``, ``pretrain``, ``pretrained``, ``pseudo-labels``, ``finetune``,
-``evaluate``, ``presets``. Expected problems (bad path, wrong image size, eps
+``evaluate``, ``presets``, ``student``. Expected problems (bad path, wrong image size, eps
 out of range, unknown preset, corrupt or mismatched checkpoint) print one
 ``error: ...`` line that says what to do, and exit with status 2.
 """
@@ -23,7 +23,8 @@ from .pretrain import pretrain, pretrain_dataset, run_name
 from .pretrained import REMAKE, EncoderError, available, encoder_dir, load_pretrained_encoder, table
 from .pseudo_labels import make_pseudo_labels
 from .runtime import debug_enabled
-from .tour import run_tour
+from .course import write_student_copies
+from .tour import notebooks_dir, run_tour
 
 
 def _preset_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "verify"])
 
     sub.add_parser("presets", help="list the presets and their settings")
+
+    p = sub.add_parser("student", help="write the student copies of the notebooks (exercises stubbed, outputs cleared)")
+    p.add_argument("--out", default=None, help="folder for the copies (default: notebooks/student of the checkout)")
+    p.add_argument("--overwrite", action="store_true", help="replace copies that differ (e.g. edited by hand)")
     return ap
 
 
@@ -117,6 +122,13 @@ def cli_presets(args) -> int:
     for name, p in PRESETS.items():
         print(f"{name}: {p.description}")
         print("   " + json.dumps(p.to_dict()))
+    return 0
+
+
+def cli_student(args) -> int:
+    """``advcl-lite student``: the student copies, from the notebooks the tour runs."""
+    for path in write_student_copies(notebooks_dir(), args.out, overwrite=args.overwrite):
+        print(path)
     return 0
 
 
@@ -262,7 +274,8 @@ def cli_evaluate(args) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     handlers = {"presets": cli_presets, "tour": cli_tour, "pretrain": cli_pretrain, "pretrained": cli_pretrained,
-                "pseudo-labels": cli_pseudo_labels, "finetune": cli_finetune, "evaluate": cli_evaluate}
+                "pseudo-labels": cli_pseudo_labels, "finetune": cli_finetune, "evaluate": cli_evaluate,
+                "student": cli_student}
     return handlers[args.command](args)
 
 

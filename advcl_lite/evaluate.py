@@ -95,6 +95,18 @@ def _batches(src, batch_size: int, device):
         yield x[s:s + batch_size].to(device).float(), y[s:s + batch_size].to(device)
 
 
+def robust_correct(clean_pred: torch.Tensor, adv_pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which images count as robust: right on the clean image *and* on its adversarial copy. An image the
+    model already gets wrong is never robust, even where the attack happens to land on the right class,
+    so RA <= SA always."""
+    return (clean_pred == labels) & (adv_pred == labels)
+
+
+def robust_accuracy(clean_pred: torch.Tensor, adv_pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """RA: the fraction of images that are :func:`robust_correct` (predicted class indices, shape (N,))."""
+    return float(robust_correct(clean_pred, adv_pred, labels).float().mean()) if len(labels) else float("nan")
+
+
 def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_size: int = 256, device=None,
              seed: int = 0, eps: float = EPS, progress: bool | None = None,
              return_examples: int = 0) -> dict[str, Any]:
@@ -124,7 +136,8 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
     with model_mode(model, "eval"), seeded(seed, dev):
         for x, y in bar:
             with torch.no_grad():
-                ok = model(x).argmax(1) == y
+                pred = model(x).argmax(1)
+                ok = pred == y
             correct += int(ok.sum())
             if hook is None:
                 continue
@@ -134,7 +147,7 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
                                  f"of the input shape {tuple(x.shape)}")
             x_adv = x_adv.detach().to(dev)
             with torch.no_grad():
-                ok_adv = ok & (model(x_adv).argmax(1) == y)
+                ok_adv = robust_correct(pred, model(x_adv).argmax(1), y)
             robust += int(ok_adv.sum())
             max_linf = max(max_linf, float((x_adv - x).abs().amax()) if len(x) else 0.0)
             if return_examples and len(kept) < return_examples:

@@ -252,6 +252,17 @@ def valid_ks(ks: Iterable[int], n: int) -> tuple[tuple[int, ...], tuple[int, ...
     return tuple(kept), tuple(dropped)
 
 
+def assign_to_centres(features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """The pseudo-label of each row of ``features`` (N, D): the index of its nearest row of ``centres`` (K, D)
+    in squared Euclidean distance (k-means' own rule; ties go to the lower index). int64, shape (N,)."""
+    if features.ndim != 2 or centres.ndim != 2 or features.shape[1] != centres.shape[1]:
+        raise ValueError(f"features (N, D) and centres (K, D) must share D, got {tuple(features.shape)} and "
+                         f"{tuple(centres.shape)}")
+    f, c = features.double(), centres.double()
+    d = (f * f).sum(1, keepdim=True) - 2 * f @ c.t() + (c * c).sum(1)[None]
+    return d.argmin(1)
+
+
 def kmeans(features, k: int, seed: int = 0, init_sample: int | None = None, max_iter: int = 300,
            tol: float = 1e-4) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster rows of ``features`` (N, D) into ``k`` clusters with scikit-learn.

@@ -13,8 +13,8 @@ LAYERS = [
     ("checkpoint", "data"),
     ("models", "attacks", "viz"),
     ("pseudo_labels", "evaluate", "spectra", "pretrained"),
-    ("pretrain", "finetune"),
-    ("tour",),
+    ("pretrain", "finetune", "checks"),
+    ("tour", "course"),
     ("cli",),
 ]
 LAYER = {m: i for i, mods in enumerate(LAYERS) for m in mods}

@@ -1,0 +1,99 @@
+"""The course kit: student copies of the notebooks, made from the instructor notebooks.
+
+The exercises live in the notebooks themselves (one source of truth), marked as nbgrader marks them:
+a solution cell (metadata ``nbgrader.solution = true``) whose answer sits between ``### BEGIN
+SOLUTION`` and ``### END SOLUTION``, followed by a locked grade cell (``nbgrader.grade = true``,
+``points``) that calls a check of :mod:`advcl_lite.checks`. An instructor with nbgrader can use the
+notebooks as they are; without it, :func:`write_student_copies` (``advcl-lite student``) writes the
+student copies: each solution region replaced by ``raise NotImplementedError()`` at the marker's
+indentation (nbgrader's own stub), every output cleared, everything else identical, and the
+"Open in Colab" badge pointing at the student copy.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+STUDENT_DIR = "student"          # notebooks/student/: the committed student copies
+
+
+def exercise_cells(nb) -> list[tuple[int, dict]]:
+    """(index, nbgrader metadata) of every solution and grade cell, in order."""
+    return [(i, c.metadata["nbgrader"]) for i, c in enumerate(nb.cells) if "nbgrader" in c.metadata]
+
+
+def strip_solutions(source: str, where: str = "cell") -> str:
+    """``source`` with each BEGIN/END SOLUTION region replaced by the stub, indented as the BEGIN marker."""
+    out, inside, indent = [], False, ""
+    for line in source.split("\n"):
+        marker = line.strip()
+        if marker == BEGIN:
+            if inside:
+                raise ValueError(f"{where}: '{BEGIN}' inside another solution region")
+            inside, indent = True, line[: len(line) - len(line.lstrip())]
+            out += [indent + s for s in STUB.split("\n")]
+        elif marker == END:
+            if not inside:
+                raise ValueError(f"{where}: '{END}' without a '{BEGIN}' before it")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"{where}: '{BEGIN}' is never closed by '{END}'")
+    return "\n".join(out)
+
+
+def student_copy(nb, name: str, student_dir: str = STUDENT_DIR):
+    """The student version of notebook ``nb`` (a copy; ``nb`` is not changed)."""
+    nb = nbformat.from_dict(copy.deepcopy(nb))
+    solutions = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            if BEGIN not in cell.source:
+                raise ValueError(f"{name}: cell {i} is an nbgrader solution cell without '{BEGIN}'")
+            cell.source = strip_solutions(cell.source, f"{name} cell {i}")
+            solutions += 1
+        elif BEGIN in cell.source:
+            raise ValueError(f"{name}: cell {i} has '{BEGIN}' but no nbgrader solution metadata")
+    if solutions == 0:
+        raise ValueError(f"{name}: no exercise (no nbgrader solution cell) to make a student copy of")
+    if nb.cells and nb.cells[0].cell_type == "markdown":   # the badge opens the student copy itself
+        nb.cells[0].source = re.sub(r"(/blob/[^/]+/notebooks/)(?!" + re.escape(student_dir) + r"/)",
+                                    r"\g<1>" + student_dir + "/", nb.cells[0].source, count=1)
+    return nb
+
+
+def write_student_copies(notebooks: str | os.PathLike, out: str | os.PathLike | None = None,
+                         overwrite: bool = False) -> list[Path]:
+    """Write the student copy of every notebook in ``notebooks`` to ``out`` (default ``notebooks/student``).
+
+    A file already there with other content (a copy someone edited) is refused unless ``overwrite``;
+    one with the same content is left alone. Returns the paths written or already up to date.
+    """
+    src = Path(notebooks)
+    dst = Path(out) if out is not None else src / STUDENT_DIR
+    paths = sorted(p for p in src.glob("*.ipynb") if re.match(r"\d+_", p.name))   # the tour's notebooks
+    if not paths:
+        raise FileNotFoundError(f"{src}: no notebooks (*.ipynb) to make student copies of")
+    copies = {p.name: nbformat.writes(student_copy(nbformat.read(p, as_version=4), p.name)) + "\n" for p in paths}
+    clash = [n for n, text in copies.items() if (dst / n).exists() and (dst / n).read_text() != text]
+    if clash and not overwrite:
+        raise FileExistsError(f"{dst}: {', '.join(clash)} already exist with other content (edited by hand?); "
+                              f"pass --overwrite to replace them, or choose another --out")
+    dst.mkdir(parents=True, exist_ok=True)
+    for n, text in copies.items():
+        target = dst / n
+        if not target.exists() or target.read_text() != text:
+            tmp = target.with_suffix(".ipynb.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)
+    return [dst / n for n in copies]

@@ -1,0 +1,93 @@
+"""advcl_lite.course: student copies that match the instructor notebooks and stop at their first exercise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from advcl_lite import course
+from advcl_lite.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+STUDENT = NOTEBOOKS / course.STUDENT_DIR
+
+
+def test_strip_solutions_keeps_indentation_and_everything_outside():
+    src = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n\nprint(f)"
+    assert course.strip_solutions(src) == ("def f(x):\n    y = 1\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
+                                           "\nprint(f)")
+
+
+@pytest.mark.parametrize("bad,problem", [("### BEGIN SOLUTION\nx = 1", "never closed"),
+                                         ("x = 1\n### END SOLUTION", "without a"),
+                                         ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "inside another")])
+def test_unbalanced_markers_are_one_line_errors(bad, problem):
+    with pytest.raises(ValueError, match=problem):
+        course.strip_solutions(bad, "nb cell 3")
+
+
+def test_committed_student_copies_match_the_instructor_notebooks(tmp_path):
+    """Drift: regenerating the copies gives the committed files byte for byte (else run `advcl-lite student`)."""
+    fresh = course.write_student_copies(NOTEBOOKS, tmp_path)
+    assert [p.name for p in fresh] == sorted(p.name for p in STUDENT.glob("*.ipynb")), \
+        "notebooks/student/ lacks a copy or has an extra one; run `advcl-lite student --overwrite`"
+    for p in fresh:
+        assert p.read_text() == (STUDENT / p.name).read_text(), \
+            f"notebooks/student/{p.name} drifted from notebooks/{p.name}; run `advcl-lite student --overwrite`"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb")), ids=lambda n: n[:2])
+def test_student_copy_differs_only_in_solutions_outputs_and_badge(name):
+    teacher = nbformat.read(NOTEBOOKS / name, as_version=4).cells
+    student = nbformat.read(STUDENT / name, as_version=4).cells
+    assert len(teacher) == len(student)
+    for i, (t, s) in enumerate(zip(teacher, student)):
+        if t.metadata.get("nbgrader", {}).get("solution"):
+            assert "raise NotImplementedError()" in s.source and "### BEGIN SOLUTION" not in s.source
+            assert s.source.split("\n")[0] == t.source.split("\n")[0]        # the def line is kept
+        elif i == 0:
+            assert s.source.replace("/notebooks/student/", "/notebooks/") == t.source
+            assert f"/notebooks/student/{name})" in s.source
+        else:
+            assert s.source == t.source and s.metadata == t.metadata, f"{name} cell {i}"
+        if s.cell_type == "code":
+            assert s.outputs == [] and s.execution_count is None
+
+
+def _first_exercise_check(cells) -> str:
+    return next(c.metadata["nbgrader"]["grade_id"] for c in cells if c.metadata.get("nbgrader", {}).get("grade"))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb")), ids=lambda n: n[:2])
+def test_student_copy_stops_at_its_first_exercise_and_not_earlier(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVCL_HEADLESS", "1")
+    monkeypatch.setenv("ADVCL_RECORD_FILE", str(tmp_path / "records.json"))
+    out = tmp_path / name
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(STUDENT / name), str(out), parameters={"preset": "smoke", "work_dir": str(tmp_path)},
+                            kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    assert err.value.ename == "NotImplementedError"
+    cells = nbformat.read(out, as_version=4).cells
+    failed = [c for c in cells if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.outputs)]
+    assert len(failed) == 1
+    assert failed[0].metadata.get("nbgrader", {}).get("grade_id") == _first_exercise_check(cells), \
+        f"{name} stopped in another cell than its first exercise's check: {failed[0].source[:80]!r}"
+    ran = [c for c in cells if c.cell_type == "code" and c.execution_count is not None]
+    assert ran[-1] is failed[0] and len(ran) >= 3       # every cell before it ran
+
+
+def test_cli_student_refuses_to_replace_an_edited_copy(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ADVCL_NOTEBOOKS", str(NOTEBOOKS))
+    assert main(["student", "--out", str(tmp_path)]) == 0
+    first = sorted(tmp_path.glob("*.ipynb"))[0]
+    first.write_text(first.read_text().replace("YOUR CODE HERE", "my answer"))
+    capsys.readouterr()
+    assert main(["student", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and first.name in err and "--overwrite" in err and err.count("\n") == 1
+    assert "my answer" in first.read_text()                       # nothing the user wrote was replaced
+    assert main(["student", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert "my answer" not in first.read_text()
