@@ -16,7 +16,8 @@ import os
 import re
 from pathlib import Path
 
-import nbformat
+# nbformat is imported where it is used: with its JSON-schema validator it takes about 2 s to import,
+# which every `advcl-lite` command would otherwise pay
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
@@ -51,6 +52,8 @@ def strip_solutions(source: str, where: str = "cell") -> str:
 
 def student_copy(nb, name: str, student_dir: str = STUDENT_DIR):
     """The student version of notebook ``nb`` (a copy; ``nb`` is not changed)."""
+    import nbformat
+
     nb = nbformat.from_dict(copy.deepcopy(nb))
     solutions = 0
     for i, cell in enumerate(nb.cells):
@@ -79,6 +82,8 @@ def write_student_copies(notebooks: str | os.PathLike, out: str | os.PathLike | 
     A file already there with other content (a copy someone edited) is refused unless ``overwrite``;
     one with the same content is left alone. Returns the paths written or already up to date.
     """
+    import nbformat
+
     src = Path(notebooks)
     dst = Path(out) if out is not None else src / STUDENT_DIR
     paths = sorted(p for p in src.glob("*.ipynb") if re.match(r"\d+_", p.name))   # the tour's notebooks

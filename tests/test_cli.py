@@ -101,3 +101,11 @@ def test_console_script_is_installed():
     assert len(eps) == 1 and eps[0].value == "advcl_lite.cli:main"
     assert eps[0].load() is main
     assert shutil.which("advcl-lite") or (Path(sys.executable).parent / "advcl-lite").exists()
+
+
+def test_the_command_line_does_not_import_the_notebook_stack():
+    """nbformat (with its JSON-schema validator) and papermill cost seconds to import; only the commands that
+    use them (tour, student) may pay for them."""
+    code = "import sys, advcl_lite.cli; print(sorted(m for m in ('nbformat', 'papermill', 'jsonschema') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
