@@ -17,10 +17,9 @@ from pathlib import Path
 
 os.environ["MPLBACKEND"] = "agg"
 os.environ["ADVCL_PROGRESS"] = "0"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
-import os
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
