@@ -55,20 +55,26 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def write_json(path: str | os.PathLike, obj: Any, default=None) -> Path:
-    """Write ``obj`` as JSON (indent 1, a final newline) atomically: a temporary file in the same folder,
-    then a rename, so a reader never sees half a file. ``default`` as in :func:`json.dumps`."""
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically: a temporary file in the same folder, then a rename, so a reader never
+    sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=1, default=default) + "\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | os.PathLike, obj: Any, default=None) -> Path:
+    """Write ``obj`` as JSON (indent 1, a final newline) atomically (:func:`write_text`). ``default`` as
+    in :func:`json.dumps`."""
+    return write_text(path, json.dumps(obj, indent=1, default=default) + "\n")
 
 
 def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str, torch.Tensor],

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import robust_accuracy
-from .frequency import high_pass, low_pass, radial_power_spectrum
+from .frequency import frequency_radius, high_pass, low_pass, radial_power_spectrum
 from .losses import multiview_contrastive_loss
 from .pseudo_labels import assign_to_centres
 
@@ -201,12 +201,9 @@ def check_radial_spectrum(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch
             continue
         if abs(float(power.sum()) - 1) > 1e-4:
             _fail(name, f"on {case} the power sums to {float(power.sum()):.4g}: normalise it to sum to 1")
-        summed = torch.zeros_like(want_p)
         _, raw = radial_power_spectrum(x, normalize=False)
-        counts = torch.bincount(torch.round(torch.fft.fftfreq(x.shape[-2], 1 / x.shape[-2])[:, None].double()
-                                            .hypot(torch.fft.fftfreq(x.shape[-1], 1 / x.shape[-1])[None].double()))
-                                .long().flatten(), minlength=len(want_p)).double()
-        summed = raw * counts
+        rings = torch.round(frequency_radius(*x.shape[-2:], dtype=torch.float64)).long().flatten()
+        summed = raw * torch.bincount(rings, minlength=len(want_p)).double()
         if torch.allclose(power, (summed / summed.sum()).double(), rtol=1e-4, atol=1e-8):
             _fail(name, f"on {case} you summed the power in each ring: average it (divide by the bins per ring)")
         k = int((power - want_p.double()).abs().argmax())

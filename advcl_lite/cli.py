@@ -24,7 +24,7 @@ from .pretrained import REMAKE, EncoderError, available, encoder_dir, load_pretr
 from .pseudo_labels import make_pseudo_labels
 from .runtime import debug_enabled
 from .course import write_student_copies
-from .tour import notebooks_dir, run_tour
+from .tour import list_notebooks, run_tour
 
 
 def _preset_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
@@ -127,7 +127,7 @@ def cli_presets(args) -> int:
 
 def cli_student(args) -> int:
     """``advcl-lite student``: the student copies, from the notebooks the tour runs."""
-    for path in write_student_copies(notebooks_dir(), args.out, overwrite=args.overwrite):
+    for path in write_student_copies(list_notebooks(), args.out, overwrite=args.overwrite):
         print(path)
     return 0
 

@@ -15,6 +15,9 @@ import copy
 import os
 import re
 from pathlib import Path
+from typing import Sequence
+
+from .checkpoint import write_text
 
 # nbformat is imported where it is used: with its JSON-schema validator it takes about 2 s to import,
 # which every `advcl-lite` command would otherwise pay
@@ -22,11 +25,6 @@ from pathlib import Path
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 STUDENT_DIR = "student"          # notebooks/student/: the committed student copies
-
-
-def exercise_cells(nb) -> list[tuple[int, dict]]:
-    """(index, nbgrader metadata) of every solution and grade cell, in order."""
-    return [(i, c.metadata["nbgrader"]) for i, c in enumerate(nb.cells) if "nbgrader" in c.metadata]
 
 
 def strip_solutions(source: str, where: str = "cell") -> str:
@@ -75,30 +73,26 @@ def student_copy(nb, name: str, student_dir: str = STUDENT_DIR):
     return nb
 
 
-def write_student_copies(notebooks: str | os.PathLike, out: str | os.PathLike | None = None,
+def write_student_copies(notebooks: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
                          overwrite: bool = False) -> list[Path]:
-    """Write the student copy of every notebook in ``notebooks`` to ``out`` (default ``notebooks/student``).
+    """Write the student copy of each notebook in ``notebooks`` (the tour's: ``tour.list_notebooks()``) to
+    ``out`` (default: ``student/`` beside the first of them).
 
     A file already there with other content (a copy someone edited) is refused unless ``overwrite``;
     one with the same content is left alone. Returns the paths written or already up to date.
     """
     import nbformat
 
-    src = Path(notebooks)
-    dst = Path(out) if out is not None else src / STUDENT_DIR
-    paths = sorted(p for p in src.glob("*.ipynb") if re.match(r"\d+_", p.name))   # the tour's notebooks
+    paths = [Path(p) for p in notebooks]
     if not paths:
-        raise FileNotFoundError(f"{src}: no notebooks (*.ipynb) to make student copies of")
+        raise FileNotFoundError("no notebooks (*.ipynb) to make student copies of")
+    dst = Path(out) if out is not None else paths[0].parent / STUDENT_DIR
     copies = {p.name: nbformat.writes(student_copy(nbformat.read(p, as_version=4), p.name)) + "\n" for p in paths}
     clash = [n for n, text in copies.items() if (dst / n).exists() and (dst / n).read_text() != text]
     if clash and not overwrite:
         raise FileExistsError(f"{dst}: {', '.join(clash)} already exist with other content (edited by hand?); "
                               f"pass --overwrite to replace them, or choose another --out")
-    dst.mkdir(parents=True, exist_ok=True)
     for n, text in copies.items():
-        target = dst / n
-        if not target.exists() or target.read_text() != text:
-            tmp = target.with_suffix(".ipynb.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)
+        if not (dst / n).exists() or (dst / n).read_text() != text:
+            write_text(dst / n, text)
     return [dst / n for n in copies]

@@ -15,6 +15,7 @@ ImageFolder data, :mod:`advcl_lite.data`), ``ADVCL_ENCODERS`` (a re-made encoder
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from typing import Any, Iterator
@@ -143,6 +144,7 @@ def progress_bar(iterable, *, total: int | None = None, desc: str = "", progress
     return tqdm(iterable, total=total, desc=desc, **opts)
 
 
+@functools.lru_cache(maxsize=1)
 def _notebook_bar():
     """A ``tqdm.notebook`` bar shown under a display id; on close it is replaced by one text line
     (``desc: n/total in 0:12``), or ``stopped at n/total`` when it did not finish."""

@@ -185,9 +185,10 @@ STATE = _NOTEBOOK + r"""(() => {
   const cells = w.content.widgets;
   const code = cells.filter(c => c.model.type === 'code');
   const problems = [];
+  let errors = 0;
   code.forEach((c, i) => {
     for (const o of c.model.outputs.toJSON()) {
-      if (o.output_type === 'error') problems.push(`code cell ${i}: ${o.ename}: ${o.evalue}`);
+      if (o.output_type === 'error') { errors++; problems.push(`code cell ${i}: ${o.ename}: ${o.evalue}`); }
       if (o.output_type === 'stream' && o.name === 'stderr') problems.push(`code cell ${i}: stderr: ${String(o.text).slice(0, 300)}`);
     }
   });
@@ -199,7 +200,7 @@ STATE = _NOTEBOOK + r"""(() => {
   [...node.querySelectorAll('.jp-OutputArea-output pre')].forEach(p => {
     if (/^\s*interactive\(children=/.test(p.textContent)) problems.push('a widget shown as its text repr: ' + p.textContent.slice(0, 80));
   });
-  return {kernel: kernel ? kernel.status : 'none', busy: w.sessionContext.isBusy === undefined ? null : w.sessionContext.isBusy,
+  return {kernel: kernel ? kernel.status : 'none', errors,
           cells: code.length, executed: code.filter(c => c.model.executionCount !== null).length,
           running: [...node.querySelectorAll('.jp-InputPrompt')].filter(p => p.textContent.includes('*')).length,
           images: imgs.length, controls: node.querySelectorAll('.widget-interact').length, problems};
@@ -224,7 +225,7 @@ def run_all_and_check(browser: Browser, lab: Lab, notebook: str, timeout: float 
     def done():
         s = browser.js(STATE)
         finished = s and s["executed"] == s["cells"] and s["running"] == 0 and s["kernel"] == "idle"
-        return s if (finished or (s and any("Error" in p or "error" in p.split(":")[0] for p in s["problems"]))) else None
+        return s if (finished or (s and s["errors"])) else None     # Run All stops at a cell's error
 
     state = _wait(done, timeout, f"Run All in {notebook}", every=0.5)
     time.sleep(1.0)                      # let the last figures decode and the widgets render

@@ -9,7 +9,7 @@ import torch
 
 from advcl_lite import checks
 from advcl_lite.evaluate import robust_accuracy
-from advcl_lite.frequency import high_pass, low_pass, radial_power_spectrum
+from advcl_lite.frequency import frequency_radius, high_pass, low_pass, radial_power_spectrum
 from advcl_lite.losses import multiview_contrastive_loss
 from advcl_lite.pseudo_labels import assign_to_centres
 
@@ -62,9 +62,7 @@ def _first_positive_only(views, t):     # right for V = 2 only
 
 def _summed_rings(x):
     r, p = radial_power_spectrum(x, normalize=False)
-    h, w = x.shape[-2:]
-    d = torch.fft.fftfreq(h, 1 / h).double()[:, None].hypot(torch.fft.fftfreq(w, 1 / w).double()[None])
-    s = p * torch.bincount(d.round().long().flatten()).double()
+    s = p * torch.bincount(frequency_radius(*x.shape[-2:], dtype=torch.float64).round().long().flatten()).double()
     return r, s / s.sum()
 
 

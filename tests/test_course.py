@@ -9,6 +9,7 @@ import pytest
 
 from advcl_lite import course
 from advcl_lite.cli import main
+from advcl_lite.tour import list_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -31,7 +32,7 @@ def test_unbalanced_markers_are_one_line_errors(bad, problem):
 
 def test_committed_student_copies_match_the_instructor_notebooks(tmp_path):
     """Drift: regenerating the copies gives the committed files byte for byte (else run `advcl-lite student`)."""
-    fresh = course.write_student_copies(NOTEBOOKS, tmp_path)
+    fresh = course.write_student_copies(list_notebooks(NOTEBOOKS), tmp_path)
     assert [p.name for p in fresh] == sorted(p.name for p in STUDENT.glob("*.ipynb")), \
         "notebooks/student/ lacks a copy or has an extra one; run `advcl-lite student --overwrite`"
     for p in fresh:
