@@ -337,9 +337,12 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights(tmp_path):
 
 
 def test_sigint_during_the_tour_exits_130_with_one_line(tmp_path):
+    # SIGINT at its default disposition in the child, as in a terminal: a shell that starts pytest in the
+    # background hands it SIGINT ignored, and an ignored signal stays ignored across exec
     proc = subprocess.Popen([sys.executable, "-m", "advcl_lite", "tour", "--preset", "smoke", "--only", "02",
                              "--out", str(tmp_path / "t")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(8)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
