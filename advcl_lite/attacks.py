@@ -1,12 +1,18 @@
-"""L-infinity PGD attacks, shaped like torchattacks attacks.
+"""Every attack of the package, shaped like torchattacks attacks.
+
+One base class, :class:`Attack` (``attack(images, ...)`` checks the inputs, sets the model's mode and
+calls ``forward``; ``repr`` prints every setting), and one PGD loop, :class:`LinfPGD`, whose subclasses
+say only what they maximise and, where it differs, how they start and step:
 
 * :class:`PGD` - supervised: ``PGD(model, eps, alpha, steps)(images, labels)``
   maximises cross-entropy (or a CW margin). Used for PGD-10 finetuning and
   PGD-20 evaluation.
+* :class:`TradesPGD` - TRADES' inner maximisation (KL to the clean prediction).
 * :class:`ContrastivePGD` - label-free: maximises the multi-view contrastive
   loss of the adversarial view against fixed clean anchor views,
-  ``ContrastivePGD(net, ...)(o, anchors=[t1, t2, h])`` (AdvCL's x_cl; with
-  ``anchors=[]`` and two inputs, ACL's pair attack, see ``attack_pair``).
+  ``ContrastivePGD(net, ...)(o, anchors=[t1, t2, h])`` (AdvCL's x_cl).
+* :class:`PairPGD` - ACL's attack: two views perturbed jointly against each other,
+  ``PairPGD(net, ...)(t1, t2) -> (a1, a2)``.
 * :class:`PseudoLabelPGD` - maximises the mean pseudo-label cross-entropy of the
   heads (AdvCL's x_ce).
 * :class:`BandLimitedPGD` - PGD whose perturbation stays (approximately) in one frequency
@@ -16,12 +22,12 @@
 
 All take inputs in [0, 1] (a clear error otherwise), start uniformly in the
 eps-ball (``random_start``, clipped to [0, 1]), take sign-gradient steps of
-``alpha``, project to the eps-ball and [0, 1], infer the device from the inputs,
+``alpha``, project to the eps-ball and [0, 1] (:func:`project_linf`), infer the device from the inputs,
 and restore every submodule's train/eval flag afterwards. ``mode`` says how the
 model runs during the attack: ``"eval"`` (the default for the supervised attacks),
 ``"train"`` (AdvCL's pretraining attacks, as the original: batch statistics) or
 ``None`` (as it is). Parameter gradients are not touched (``autograd.grad`` on the
-inputs only). ``repr`` prints every setting.
+inputs only).
 """
 from __future__ import annotations
 
@@ -81,53 +87,97 @@ def check_inputs(x: torch.Tensor, name: str = "images") -> None:
                              f"raw images - put any mean/std normalisation inside the model")
 
 
-class _LinfPGD:
-    mode: str | None = "eval"
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The projection every L-inf PGD here takes after a step: into the eps-ball around ``x``, then into [0, 1]."""
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+
+
+class Attack:
+    """The base of every attack, as torchattacks shapes it: ``attack(images, ...)`` checks that the images are
+    a float batch in [0, 1], puts the model in ``mode`` for the duration (every submodule's flag is restored
+    afterwards), and calls the subclass's :meth:`forward` on the detached images; ``repr`` lists
+    :meth:`settings`."""
+
+    def __init__(self, model: nn.Module, mode: str | None = "eval"):
+        if mode not in ("train", "eval", None):
+            raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
+        self.model, self.mode = model, mode
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs):
+        check_inputs(x)
+        with model_mode(self.model, self.mode):
+            return self.forward(x.detach(), *args, **kwargs)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {"mode": self.mode}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
+
+
+class LinfPGD(Attack):
+    """The L-inf PGD loop that every attack here but AutoAttack runs: ``steps`` times, the gradient of
+    :meth:`_objective` at the adversarial images, then :meth:`_step` (sign step of ``alpha`` and
+    :func:`project_linf`). A subclass says what it maximises (``_objective``, with what :meth:`_prepare`
+    computes once per batch) and, where it differs, how it starts (``_start``) and steps.
+
+    The loop carries a ``state``: the adversarial images themselves (``_adv`` returns them as they are),
+    or, for :class:`BandLimitedPGD`, the perturbation.
+    """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = True, mode: str | None = "eval"):
+        super().__init__(model, mode)
         check_attack_params(eps, alpha, steps)
-        if mode not in ("train", "eval", None):
-            raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
-        self.model, self.eps, self.alpha, self.steps = model, float(eps), float(alpha), int(steps)
-        self.random_start, self.mode = bool(random_start), mode
-
-    def _objective(self, x_adv: torch.Tensor, ctx) -> torch.Tensor:
-        raise NotImplementedError
+        self.eps, self.alpha, self.steps, self.random_start = float(eps), float(alpha), int(steps), bool(random_start)
 
     def _prepare(self, x: torch.Tensor, *args, **kwargs):
         return None
 
-    def perturb(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        check_inputs(x)
-        x = x.detach()
-        with model_mode(self.model, self.mode):
-            ctx = self._prepare(x, *args, **kwargs)
-            x_adv = x.clone()
-            if self.random_start and self.eps > 0:
-                x_adv = (x_adv + torch.empty_like(x_adv).uniform_(-self.eps, self.eps)).clamp(0, 1)
-            for _ in range(self.steps):
-                x_adv.requires_grad_(True)
-                loss = self._objective(x_adv, ctx)
-                grad, = torch.autograd.grad(loss, x_adv)
-                with torch.no_grad():
-                    x_adv = x_adv + self.alpha * grad.sign()
-                    x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
-            return x_adv.detach()
+    def _objective(self, x_adv: torch.Tensor, ctx) -> torch.Tensor:
+        raise NotImplementedError
 
-    __call__ = perturb
+    def _start(self, x: torch.Tensor, ctx) -> torch.Tensor:
+        x_adv = x.clone()
+        if self.random_start and self.eps > 0:
+            x_adv = (x_adv + torch.empty_like(x_adv).uniform_(-self.eps, self.eps)).clamp(0, 1)
+        return x_adv
+
+    def _adv(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+    def _step(self, x: torch.Tensor, state: torch.Tensor, grad: torch.Tensor, ctx) -> torch.Tensor:
+        return project_linf(state + self.alpha * grad.sign(), x, self.eps)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        ctx = self._prepare(x, *args, **kwargs)
+        state = self._start(x, ctx)
+        for _ in range(self.steps):
+            x_adv = self._adv(x, state).requires_grad_(True)
+            grad, = torch.autograd.grad(self._objective(x_adv, ctx), x_adv)
+            with torch.no_grad():
+                state = self._step(x, state, grad, ctx)
+        return self._finish(x, state).detach()
+
+    def _finish(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self._adv(x, state)
+
+    def settings(self) -> dict:
+        return {"eps": _Budget(self.eps), "alpha": _Budget(self.alpha), "steps": self.steps,
+                "random_start": self.random_start, "mode": self.mode}
+
+
+class _Budget(float):
+    """A budget in [0, 1] that prints as ``0.03137 (8/255)``."""
 
     def __repr__(self) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in self._extra_repr().items())
-        return (f"{type(self).__name__}(eps={self.eps:.5f} ({self.eps * 255:.3g}/255), alpha={self.alpha:.5f} "
-                f"({self.alpha * 255:.3g}/255), steps={self.steps}, random_start={self.random_start}, "
-                f"mode={self.mode!r}{extra})")
-
-    def _extra_repr(self) -> dict:
-        return {}
+        return f"{float(self):.5f} ({float(self) * 255:.3g}/255)"
 
 
-class PGD(_LinfPGD):
+class PGD(LinfPGD):
     """Supervised L-inf PGD: ``PGD(model, eps=8/255, alpha=2/255, steps=20)(images, labels)``.
 
     ``loss="ce"`` (Madry) or ``"cw"`` (margin). The model maps [0, 1] images to logits.
@@ -152,12 +202,14 @@ class PGD(_LinfPGD):
         other = logits.masked_fill(onehot, float("-inf")).max(1).values
         return (other - correct).clamp(max=50).sum()
 
-    def _extra_repr(self):
-        return {"loss": self.loss}
+    def settings(self):
+        return {**super().settings(), "loss": self.loss}
 
 
-class TradesPGD(_LinfPGD):
-    """TRADES inner maximisation: maximise KL(p(x) || p(x_adv)), started near x (0.001 * N(0,1))."""
+class TradesPGD(LinfPGD):
+    """TRADES inner maximisation: maximise KL(p(x) || p(x_adv)), started near x (0.001 * N(0,1)).
+
+    ``TradesPGD(model, eps, alpha, steps)(images)``; labels, if passed, are ignored."""
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, mode: str | None = "eval"):
         super().__init__(model, eps, alpha, steps, random_start=False, mode=mode)
@@ -166,26 +218,15 @@ class TradesPGD(_LinfPGD):
         with torch.no_grad():
             return F.softmax(self.model(x).float(), 1)
 
-    def perturb(self, x, *args, **kwargs):
-        # TRADES starts from a tiny Gaussian perturbation rather than a uniform one
-        check_inputs(x)
-        x0 = (x.detach() + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        x = x.detach()
-        with model_mode(self.model, self.mode):
-            p_clean = self._prepare(x)
-            x_adv = x0
-            for _ in range(self.steps):
-                x_adv.requires_grad_(True)
-                loss = F.kl_div(F.log_softmax(self.model(x_adv).float(), 1), p_clean, reduction="sum")
-                grad, = torch.autograd.grad(loss, x_adv)
-                with torch.no_grad():
-                    x_adv = torch.min(torch.max(x_adv + self.alpha * grad.sign(), x - self.eps), x + self.eps).clamp(0, 1)
-            return x_adv.detach()
+    def _start(self, x, p_clean):
+        return (x + 0.001 * torch.randn_like(x)).clamp(0, 1)   # TRADES starts from a tiny Gaussian perturbation
 
-    __call__ = perturb
+    def _objective(self, x_adv, p_clean):
+        return F.kl_div(F.log_softmax(self.model(x_adv).float(), 1), p_clean, reduction="sum")
 
 
-class ContrastivePGD(_LinfPGD):
+
+class ContrastivePGD(LinfPGD):
     """Label-free PGD on the multi-view contrastive loss (AdvCL's x_cl).
 
     ``ContrastivePGD(net, eps, alpha, steps, route="pgd", anchor_route="normal")(o, anchors=[t1, t2, h])``
@@ -236,44 +277,49 @@ class ContrastivePGD(_LinfPGD):
         z_anchor = self._embed_anchors(ctx["anchors"]) if self.recompute_anchors else ctx["z"]
         return multiview_contrastive_loss([self.model(x_adv, self.route)] + z_anchor, self.temperature)
 
-    def _extra_repr(self):
-        return {"route": self.route, "anchor_route": self.anchor_route, "temperature": self.temperature,
-                "recompute_anchors": self.recompute_anchors}
+    def settings(self):
+        return {**super().settings(), "route": self.route, "anchor_route": self.anchor_route,
+                "temperature": self.temperature, "recompute_anchors": self.recompute_anchors}
 
 
-def attack_pair(net: nn.Module, x1: torch.Tensor, x2: torch.Tensor, eps: float = 8 / 255, alpha: float = 2 / 255,
-                steps: int = 5, route: str = "pgd", temperature: float = 0.5, mode: str | None = "eval",
-                random_start: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """ACL's attack: perturb both views jointly to maximise NT-Xent between them.
+class PairPGD(LinfPGD):
+    """ACL's attack: perturb two views jointly to maximise NT-Xent between them,
+    ``PairPGD(net, eps, alpha, steps, route="pgd")(x1, x2) -> (a1, a2)``.
 
-    The pair goes through ``route`` in one forward pass (``torch.cat([a1, a2])``), each view
-    has its own uniform random start and its own eps-ball. ``mode="eval"`` is ACL's
-    original setting (Jiang et al. 2020 attack with the running statistics).
+    The pair goes through ``route`` in one forward pass (``torch.cat([a1, a2])``, so in train mode the two
+    share batch statistics, as in ACL's ``PGD_contrastive``); each view has its own uniform random start and
+    its own eps-ball. ``mode="eval"`` is ACL's original setting (the attack uses the running statistics).
     """
-    check_attack_params(eps, alpha, steps)
-    check_inputs(x1, "x1")
-    check_inputs(x2, "x2")
-    if x1.shape != x2.shape:
-        raise ValueError(f"the two views need the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
-    x1, x2 = x1.detach(), x2.detach()
-    with model_mode(net, mode):
-        a1, a2 = x1.clone(), x2.clone()
-        if random_start and eps > 0:
-            a1 = (a1 + torch.empty_like(a1).uniform_(-eps, eps)).clamp(0, 1)
-            a2 = (a2 + torch.empty_like(a2).uniform_(-eps, eps)).clamp(0, 1)
-        for _ in range(int(steps)):
-            a1.requires_grad_(True)
-            a2.requires_grad_(True)
-            z = net(torch.cat([a1, a2]), route)
-            loss = multiview_contrastive_loss(list(z.chunk(2)), temperature)
-            g1, g2 = torch.autograd.grad(loss, [a1, a2])
-            with torch.no_grad():
-                a1 = torch.min(torch.max(a1 + alpha * g1.sign(), x1 - eps), x1 + eps).clamp(0, 1)
-                a2 = torch.min(torch.max(a2 + alpha * g2.sign(), x2 - eps), x2 + eps).clamp(0, 1)
-    return a1.detach(), a2.detach()
+
+    def __init__(self, net: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 5,
+                 random_start: bool = True, route: str = "pgd", temperature: float = 0.5,
+                 mode: str | None = "eval"):
+        super().__init__(net, eps, alpha, steps, random_start, mode)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.route, self.temperature = route, float(temperature)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_inputs(x2, "x2")
+        if x1.shape != x2.shape:
+            raise ValueError(f"the two views need the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        a1, a2 = super().forward(torch.cat([x1, x2.detach()])).chunk(2)
+        return a1, a2
+
+    def _start(self, x, ctx):
+        if not (self.random_start and self.eps > 0):
+            return x.clone()
+        noise = [torch.empty_like(v).uniform_(-self.eps, self.eps) for v in x.chunk(2)]   # one draw per view
+        return (x + torch.cat(noise)).clamp(0, 1)
+
+    def _objective(self, x_adv, ctx):
+        return multiview_contrastive_loss(list(self.model(x_adv, self.route).chunk(2)), self.temperature)
+
+    def settings(self):
+        return {**super().settings(), "route": self.route, "temperature": self.temperature}
 
 
-class PseudoLabelPGD(_LinfPGD):
+class PseudoLabelPGD(LinfPGD):
     """PGD on the mean pseudo-label CE of the heads (AdvCL's x_ce), through BN route ``route``.
 
     ``PseudoLabelPGD(net, ...)(o, targets=[y_K for K in ks])``.
@@ -290,8 +336,8 @@ class PseudoLabelPGD(_LinfPGD):
     def _objective(self, x_adv, targets):
         return pseudo_label_loss(self.model(x_adv, self.route, output="pseudo"), targets)
 
-    def _extra_repr(self):
-        return {"route": self.route}
+    def settings(self):
+        return {**super().settings(), "route": self.route}
 
 
 # --------------------------------------------------------------------------- band-limited PGD (notebook 05)
@@ -318,6 +364,7 @@ class BandLimitedPGD(PGD):
     ``band="full"`` is ordinary PGD (no filter, no rescaling: the same steps as
     :class:`~advcl_lite.attacks.PGD`).
     The random start is uniform in the eps-ball, then projected the same way.
+    The loop's state is the perturbation ``delta`` (the images are ``x + delta``).
     """
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
@@ -337,36 +384,32 @@ class BandLimitedPGD(PGD):
             delta = (x + delta).clamp(0, 1) - x
         return delta
 
-    def perturb(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_inputs(x)
-        x = x.detach()
-        mask = band_filter(tuple(x.shape[-2:]), self.band, self.radius, x.device)
-        with model_mode(self.model, self.mode):
-            delta = torch.zeros_like(x)
-            if self.random_start and self.eps > 0:
-                delta = self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps), mask)
-            for _ in range(self.steps):
-                x_adv = (x + delta).requires_grad_(True)
-                grad, = torch.autograd.grad(self._objective(x_adv, labels), x_adv)
-                with torch.no_grad():
-                    d = grad.sign()
-                    if mask is not None:
-                        d = apply_mask(d, mask)
-                        d = d / d.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
-                    delta = self._project(x, delta + self.alpha * d, mask)
-            return (x + delta).clamp(0, 1).detach()
+    def _prepare(self, x, labels):
+        return {"labels": labels, "mask": band_filter(tuple(x.shape[-2:]), self.band, self.radius, x.device)}
 
-    __call__ = perturb
+    def _objective(self, x_adv, ctx):
+        return super()._objective(x_adv, ctx["labels"])
 
-    def _extra_repr(self):
-        return {"loss": self.loss, "band": self.band, "radius": self.radius, "refine": self.refine}
+    def _start(self, x, ctx):
+        if self.random_start and self.eps > 0:
+            return self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps), ctx["mask"])
+        return torch.zeros_like(x)
 
+    def _adv(self, x, delta):
+        return x + delta
 
-def band_limited_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255,
-                     alpha: float = 2 / 255, steps: int = 10, band="low", radius: float = 8.0, *,
-                     random_start: bool = True, refine: int = 10) -> torch.Tensor:
-    """One batch through :class:`BandLimitedPGD`; returns ``x_adv`` (same shape as ``x``)."""
-    return BandLimitedPGD(model, eps, alpha, steps, band, radius, random_start, refine)(x, y)
+    def _step(self, x, delta, grad, ctx):
+        d, mask = grad.sign(), ctx["mask"]
+        if mask is not None:
+            d = apply_mask(d, mask)
+            d = d / d.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
+        return self._project(x, delta + self.alpha * d, mask)
+
+    def _finish(self, x, delta):
+        return (x + delta).clamp(0, 1)
+
+    def settings(self):
+        return {**super().settings(), "band": self.band, "radius": self.radius, "refine": self.refine}
 
 
 # --------------------------------------------------------------------------- AutoAttack, and attacks by name
@@ -395,7 +438,7 @@ def _quiet_logger(name: str, quiet: bool):
         log.setLevel(old)
 
 
-class AutoAttackHook:
+class AutoAttackHook(Attack):
     """AutoAttack (Croce & Hein, 2020), L-inf, as an attack hook ``hook(images, labels) -> adv_images``.
 
     Runs the authors' package with an explicit device and seed; ``version="standard"`` is
@@ -406,9 +449,10 @@ class AutoAttackHook:
 
     def __init__(self, model: nn.Module, eps: float = EPS, version: str = "standard", device=None, seed: int = 0,
                  verbose: bool = False):
+        super().__init__(model, "eval")
         check_attack_params(eps, 0.0, 0)
         AutoAttack = _import_autoattack()
-        self.model, self.eps, self.version, self.seed, self.verbose = model, float(eps), version, int(seed), verbose
+        self.eps, self.version, self.seed, self.verbose = float(eps), version, int(seed), verbose
         self.device = resolve_device(device) if device is not None else param_device(model)
         self.aa = AutoAttack(model, norm="Linf", eps=self.eps, version=version, device=self.device, seed=self.seed)
         self.aa.verbose = verbose
@@ -426,10 +470,10 @@ class AutoAttackHook:
         self.aa.fab.n_target_classes = t
         self._classes = c
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._classes is None:
             self._fit_classes(images)
-        with model_mode(self.model, "eval"), _quiet_logger("auto-attack", not self.verbose):
+        with _quiet_logger("auto-attack", not self.verbose):
             x_adv, _ = self.aa.run_standard_evaluation(images, labels, batch_size=len(images))
         return x_adv.detach()
 

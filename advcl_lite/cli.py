@@ -16,12 +16,13 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, check_writable, write_json
 from .data import DataError, load_dataset
-from .evaluate import evaluate, format_result
+from .evaluate import evaluate
 from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_image_size, finetune, load_finetuned, load_split
 from .presets import PRESETS, check_count, get_preset
 from .pretrain import pretrain, pretrain_dataset, run_name
 from .pretrained import REMAKE, EncoderError, available, encoder_dir, load_pretrained_encoder, table
 from .pseudo_labels import make_pseudo_labels
+from .results import format_result
 from .runtime import debug_enabled
 from .course import write_student_copies
 from .tour import list_notebooks, run_tour

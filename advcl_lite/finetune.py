@@ -59,8 +59,7 @@ import torch.nn.functional as F
 from .attacks import PGD, TradesPGD
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside,
                          sha256_file, state_dict_sha256, write_json)
-from .data import (DataError, ImageDataset, class_balanced_subset, crop_flip, load_dataset, resize_images,
-                   train_val_split)
+from .data import DataError, ImageDataset, class_balanced_subset, load_dataset, resize_images, train_val_split
 from .evaluate import evaluate
 from .losses import NonFiniteLossError, trades_kl
 from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
@@ -68,6 +67,7 @@ from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_ch
 from .presets import Preset, get_preset
 from .runtime import (autocast, maybe_data_parallel, progress_bar, progress_enabled, resolve_device, seed_everything,
                       unwrap)
+from .views import crop_flip
 
 SCHEMES = ("slf", "alf", "aff")
 FT_WEIGHT_DECAY = 2e-4

@@ -1,26 +1,10 @@
 """Adversarial contrastive pretraining: SimCLR, ACL and AdvCL on one training loop.
 
-One step of each method (Fan et al. 2021, sections 3-4; every view is embedded by its own
-forward pass unless said otherwise, so in train mode each gets its own batch statistics):
-
-* ``simclr``: NT-Xent between two SimCLR views t1, t2 (route ``normal``, one forward
-  pass of the pair), trained as ACL's ``train_simCLR.py`` trains it (LARS, ACL's head).
-* ``acl``: t1, t2 and their jointly attacked copies a1, a2 (PGD on NT-Xent through
-  route ``pgd``, the network in eval mode as in ACL's ``PGD_contrastive``); loss = mean
-  of the clean NT-Xent (route ``normal``) and the adversarial one (route ``pgd``).
-* ``advcl``: views t1, t2 (SimCLR), o (crop+flip) and h = HFC(o) (clean, unclipped,
-  never perturbed). x_cl = ContrastivePGD from o against the clean anchors
-  [t1, t2, h] (route ``pgd``; network mode ``preset.attack_mode``, "train" as the
-  original's ``net.train()``); x_ce = PseudoLabelPGD from o on its own route ``pgd_ce``.
-  Loss, as ``pretraining_advCL.py`` computes it with ``SupConLoss``::
-
-      L = (temperature / base_temperature) * L_CL(t1, t2, x_cl, h) + lambda * L_PS(x_ce)
-
-  with 0.5 / 0.07 = 7.14 and lambda = 0.2. Pseudo-labels are part of AdvCL: by default
-  (``pseudo_labels="auto"``) they are k-means clusters of the features of a SimCLR run at
-  the same preset (the original's came from an ImageNet model that cannot be had
-  offline); ``pseudo_labels=False`` is the ablation without them. Other ablations:
-  ``view="lfc"`` (LFC instead of HFC), ``view="none"`` (no fourth view), ``radius``.
+Each method's step (views, attack, loss) is a class of :mod:`advcl_lite.methods`; this module runs it:
+the optimiser and learning-rate schedule, the epochs, checkpoints and resume, and AdvCL's own
+pseudo-labels. Pseudo-labels are part of AdvCL: by default (``pseudo_labels="auto"``) they are k-means
+clusters of the features of a SimCLR run at the same preset (the original's came from an ImageNet model
+that cannot be had offline); ``pseudo_labels=False`` is the ablation without them.
 
 Optimisation (:mod:`advcl_lite.optim`): AdvCL with SGD (momentum, weight decay 1e-4),
 its cosine set once per epoch after a linear warm-up from 0.01; SimCLR and ACL with LARS
@@ -51,22 +35,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .attacks import ContrastivePGD, PseudoLabelPGD, attack_pair
 from .checkpoint import (CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint,
                          set_aside, write_json)
-from .data import ImageDataset, class_balanced_subset, crop_flip, load_dataset, simclr_view
-from .frequency import HighPass, LowPass, scaled_radius
-from .losses import NonFiniteLossError, multiview_contrastive_loss, pseudo_label_loss
-from .models import METHODS, ContrastiveNet, build_net, is_channels_last, load_pretrained, to_channels_last
+from .data import ImageDataset, class_balanced_subset, load_dataset
+from .frequency import scaled_radius
+from .losses import NonFiniteLossError
+from .methods import ACL_ATTACK_MODE, EVAL_ROUTE, VIEWS, make_step
+from .models import METHODS, ContrastiveNet, build_net, load_pretrained, to_channels_last
 from .optim import LARS, lr_factor
 from .presets import Preset, get_preset
 from .pseudo_labels import PseudoLabels, get_or_make_pseudo_labels
 from .runtime import (autocast, maybe_data_parallel, progress_bar, progress_enabled, resolve_device, seed_everything,
                       unwrap)
-
-VIEWS = ("hfc", "lfc", "none")
-EVAL_ROUTE = {"simclr": "normal", "acl": "pgd", "advcl": "pgd"}
-ACL_ATTACK_MODE = "eval"   # ACL's original attacks with the running statistics; AdvCL's follows preset.attack_mode
 
 
 @dataclass
@@ -142,65 +122,6 @@ def _lr_lambda(method: str, preset: Preset, steps_per_epoch: int):
     spe = steps_per_epoch if preset.advcl_lr_per_epoch else None
     return lambda step: lr_factor(step, warm, total, start=min(1.0, 0.01 / preset.lr), end=1e-3,
                                   steps_per_epoch=spe)
-
-
-class PretrainStep:
-    """One method's loss for a batch, attack included: ``PretrainStep(method, net, preset, ...)(x, g, targets)``.
-
-    ``x``: a batch (N, 3, H, W) in [0, 1]; ``g``: the CPU generator of the data augmentations;
-    ``targets``: the pseudo-labels of the batch (AdvCL with pseudo-labels only). Returns a dict
-    of scalar losses with the one to minimise under ``"loss"``. The network must be in train
-    mode; the attacks restore it.
-    """
-
-    def __init__(self, method: str, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
-                 use_pseudo: bool = False, recompute_anchors: bool = False):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-        if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
-        self.method, self.net, self.p = method, net, preset
-        self.use_pseudo = bool(use_pseudo)
-        self.view_fn = {"hfc": HighPass(radius), "lfc": LowPass(radius), "none": None}[view]
-        self.nhwc = preset.channels_last and is_channels_last(unwrap(net))   # batches follow the network's format
-        mode = preset.attack_mode
-        self.cl_attack = ContrastivePGD(net, preset.eps, preset.alpha, preset.pgd_steps, route="pgd",
-                                        anchor_route="normal", temperature=preset.temperature,
-                                        recompute_anchors=recompute_anchors, mode=mode)
-        self.ce_attack = PseudoLabelPGD(net, preset.eps, preset.alpha, preset.pgd_steps, route="pgd_ce", mode=mode)
-
-    def _cl(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.nhwc else x
-
-    def __call__(self, x: torch.Tensor, g: torch.Generator, targets=None) -> dict[str, torch.Tensor]:
-        p, net, tau = self.p, self.net, self.p.temperature
-        t1, t2 = self._cl(simclr_view(x, g)), self._cl(simclr_view(x, g))
-        if self.method == "simclr":
-            z = net(torch.cat([t1, t2]), "normal")
-            loss = multiview_contrastive_loss(list(z.chunk(2)), tau)
-            return {"loss": loss}
-        if self.method == "acl":
-            a1, a2 = attack_pair(net, t1, t2, p.eps, p.alpha, p.pgd_steps, "pgd", tau, mode=ACL_ATTACK_MODE)
-            zc = net(torch.cat([t1, t2]), "normal")
-            za = net(torch.cat([a1, a2]), "pgd")
-            lc = multiview_contrastive_loss(list(zc.chunk(2)), tau)
-            la = multiview_contrastive_loss(list(za.chunk(2)), tau)
-            return {"loss": 0.5 * (lc + la), "loss_clean": lc, "loss_adv": la}
-        # advcl
-        o = self._cl(crop_flip(x, g))
-        h = [self._cl(self.view_fn(o))] if self.view_fn is not None else []
-        x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
-        x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
-        # pretraining_advCL.py stacks x_cl, t1, t2, h; the loss does not depend on the order of the views
-        views = [net(t1, "normal"), net(t2, "normal"), net(x_cl, "pgd")] + [net(v, "normal") for v in h]
-        l_cl = multiview_contrastive_loss(views, tau)
-        # the original's SupConLoss multiplies L_CL by temperature / base_temperature (0.5 / 0.07)
-        out = {"loss": (tau / p.base_temperature) * l_cl, "loss_cl": l_cl}
-        if self.use_pseudo:
-            l_ps = pseudo_label_loss(net(x_ce, "pgd_ce", output="pseudo"), targets)
-            out["loss"] = out["loss"] + p.pseudo_lambda * l_ps
-            out["loss_ps"] = l_ps
-        return out
 
 
 def _config(method: str, preset: Preset, view: str, radius: float, pseudo_meta: dict | None,
@@ -379,7 +300,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
         wrote_last = start_epoch > 0            # last.pt belongs to this run's lineage only once resumed or written
 
         model = maybe_data_parallel(net, device)
-        step = PretrainStep(method, model, preset, view, radius, pl is not None, recompute_anchors)
+        step = make_step(method, model, preset, view, radius, pl is not None, recompute_anchors)
         meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
                      "head": net.head_type,
                      "base_width": preset.base_width, "pseudo_ks": list(pseudo_ks), "seed": preset.seed,

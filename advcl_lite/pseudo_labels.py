@@ -27,9 +27,10 @@ released. Here we make them ourselves:
    (encoder and its hash, dataset identity, Ks, seed, versions), saved atomically
    and checked against the dataset before any pretraining uses them.
 
-Diagnostics for teaching (:func:`cluster_stats`, :func:`plot_cluster_grid`,
-:func:`plot_embedding`) compare clusters with the true classes. They are kept
-apart from training: true labels never enter pretraining.
+Diagnostics for teaching (:func:`cluster_stats`, :func:`purity`, :func:`embed_2d`, and the figures
+:func:`~advcl_lite.viz.plot_cluster_sizes`, :func:`~advcl_lite.viz.plot_cluster_grid`,
+:func:`~advcl_lite.viz.plot_embedding` in :mod:`advcl_lite.viz`) compare clusters with the true
+classes. They are kept apart from training: true labels never enter pretraining.
 """
 from __future__ import annotations
 
@@ -52,7 +53,6 @@ from .data import DataError, ImageDataset
 from .models import ContrastiveNet, ResNet18, load_pretrained
 from .presets import PRESETS
 from .runtime import __version__, progress_bar, resolve_device, unwrap
-from .viz import plot_views
 
 DEFAULT_KS = (2, 10, 50, 100, 500)
 KIND = "pseudo_labels"
@@ -544,7 +544,8 @@ def get_or_make_pseudo_labels(path: str | os.PathLike, encoder, dataset, ks: Seq
 
 # --------------------------------------------------------------------------- diagnostics (never used in training)
 
-def _as_numpy_labels(y) -> np.ndarray:
+def as_numpy_labels(y) -> np.ndarray:
+    """Labels (a tensor, an array, a list or an ImageDataset's labels) as a flat int64 numpy array."""
     if isinstance(y, ImageDataset):
         y = y.labels
     if isinstance(y, torch.Tensor):
@@ -554,7 +555,7 @@ def _as_numpy_labels(y) -> np.ndarray:
 
 def purity(clusters, true_labels) -> float:
     """Fraction of items whose cluster's most common true class is their own class."""
-    c, y = _as_numpy_labels(clusters), _as_numpy_labels(true_labels)
+    c, y = as_numpy_labels(clusters), as_numpy_labels(true_labels)
     table = np.zeros((c.max() + 1, y.max() + 1), dtype=np.int64)
     np.add.at(table, (c, y), 1)
     return float(table.max(1).sum() / len(c))
@@ -572,13 +573,13 @@ def cluster_stats(pseudo, true_labels, seed: int = 0):
     import pandas as pd
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    y = _as_numpy_labels(true_labels)
+    y = as_numpy_labels(true_labels)
     rng = np.random.default_rng(seed)
     items = pseudo.labels if isinstance(pseudo, PseudoLabels) else pseudo
     ks = pseudo.ks if isinstance(pseudo, PseudoLabels) else sorted(items)
     rows = []
     for k in ks:
-        c = _as_numpy_labels(items[k])
+        c = as_numpy_labels(items[k])
         if len(c) != len(y):
             raise ValueError(f"K={k}: {len(c)} pseudo-labels but {len(y)} true labels; pass the labels of the same dataset")
         sizes = np.bincount(c, minlength=int(k))
@@ -588,68 +589,6 @@ def cluster_stats(pseudo, true_labels, seed: int = 0):
                      "nmi_shuffled": float(normalized_mutual_info_score(y, rng.permutation(c))),
                      "ari": float(adjusted_rand_score(y, c))})
     return pd.DataFrame(rows).set_index("K")
-
-
-def plot_cluster_sizes(pseudo: PseudoLabels, ax=None):
-    """Cluster sizes per K, largest first (log scale), with the size of a uniform split dashed."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    else:
-        fig = ax.figure
-    n = len(pseudo)
-    for i, k in enumerate(pseudo.ks):
-        sizes = np.sort(pseudo.cluster_sizes(k).numpy())[::-1]
-        color = plt.cm.viridis(i / max(1, len(pseudo.ks) - 1))
-        ax.plot(np.arange(1, k + 1), sizes, marker="o", ms=3, color=color, label=f"K={k}")
-        ax.axhline(n / k, color=color, ls="--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):          # plain numbers (1, 10, 100), not 2x10^0 on the minor ticks
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("cluster rank (largest first)")
-    ax.set_ylabel("images in cluster")
-    ax.set_title(f"cluster sizes of {n} images (dashed: N/K)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cluster_grid(dataset: ImageDataset, labels, n_clusters: int = 8, per_cluster: int = 8, k: int | None = None,
-                      seed: int = 0, title: str | None = None):
-    """Rows of ``per_cluster`` random images from each of the ``n_clusters`` largest clusters.
-
-    ``labels``: a LongTensor (N,) of cluster ids, or a :class:`PseudoLabels` with ``k``
-    (default: its second-smallest K). Each row is labelled with its cluster id, size and
-    most common true class (a diagnostic). Drawn by :func:`advcl_lite.viz.plot_views`;
-    returns the matplotlib figure.
-    """
-
-    if isinstance(labels, PseudoLabels):
-        k = k if k is not None else labels.ks[min(1, len(labels.ks) - 1)]
-        labels = labels.labels[k]
-    c = _as_numpy_labels(labels)
-    if len(c) != len(dataset):
-        raise ValueError(f"{len(c)} labels for a dataset of {len(dataset)} images")
-    sizes = np.bincount(c)
-    order = np.argsort(-sizes, kind="stable")[:n_clusters]
-    order = order[sizes[order] > 0]
-    rng = np.random.default_rng(seed)
-    y = dataset.labels.numpy()
-    rows = {}
-    for cl in order:
-        members = np.flatnonzero(c == cl)
-        pick = np.sort(rng.choice(members, min(per_cluster, len(members)), replace=False))
-        cls, cnt = np.unique(y[members], return_counts=True)
-        top = int(cls[cnt.argmax()])
-        name = dataset.classes[top] if top < len(dataset.classes) else str(top)
-        key = f"c{cl}  n={len(members)}\n{100 * cnt.max() / len(members):.0f}% {name}"
-        rows[key] = dataset.images[torch.from_numpy(pick)].float() / 255.0
-    return plot_views(rows, n=per_cluster, signed=False, inches=0.9,
-                      title=title or f"{len(order)} largest clusters, {per_cluster} random members each")
 
 
 def embed_2d(features, method: str = "tsne", seed: int = 0) -> np.ndarray:
@@ -666,43 +605,6 @@ def embed_2d(features, method: str = "tsne", seed: int = 0) -> np.ndarray:
         x = PCA(50, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     return TSNE(2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
-
-
-def plot_embedding(features, labels_by_cluster, true_labels, method: str = "tsne", n: int = 1000, seed: int = 0,
-                   class_names: Sequence[str] | None = None, title: str | None = None):
-    """Two 2-D maps of the same ``n`` random items (t-SNE or PCA): coloured by cluster, and by true class.
-
-    ``labels_by_cluster``: cluster ids (N,). ``true_labels``: labels (N,) or an ImageDataset
-    (its class names are then used). Returns the matplotlib figure.
-    """
-    import matplotlib.pyplot as plt
-
-    if isinstance(true_labels, ImageDataset):
-        class_names = class_names or true_labels.classes
-    feats = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
-    c, y = _as_numpy_labels(labels_by_cluster), _as_numpy_labels(true_labels)
-    if not len(feats) == len(c) == len(y):
-        raise ValueError(f"features ({len(feats)}), cluster labels ({len(c)}) and true labels ({len(y)}) differ in length")
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(feats), min(n, len(feats)), replace=False))
-    xy = embed_2d(feats[pick], method, seed)
-    k = int(c.max()) + 1
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    axes[0].scatter(xy[:, 0], xy[:, 1], c=c[pick], cmap="tab20" if k > 10 else "tab10", s=6, vmin=0,
-                    vmax=max(k - 1, 1) if k > 10 else 9)
-    axes[0].set_title(f"coloured by cluster (K={k}{', colours repeat' if k > 20 else ''})", fontsize=10)
-    for cls in np.unique(y[pick]):
-        sel = y[pick] == cls
-        name = class_names[cls] if class_names is not None and cls < len(class_names) else str(cls)
-        axes[1].scatter(xy[sel, 0], xy[sel, 1], s=6, label=name, color=plt.cm.tab10(cls % 10))
-    axes[1].set_title("coloured by true class (diagnostic only)", fontsize=10)
-    axes[1].legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title or f"{method.upper() if method == 'pca' else 't-SNE'} of {len(pick)} encoder features", fontsize=11)
-    fig.tight_layout()
-    return fig
 
 
 # --------------------------------------------------------------------------- command line

@@ -42,7 +42,7 @@ def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
     from advcl_lite.models import to_channels_last
     from advcl_lite.presets import get_preset
     from advcl_lite.models import build_net
-    from advcl_lite.pretrain import PretrainStep
+    from advcl_lite.methods import AdvCL
 
     P = get_preset("benchmark", base_width=width, batch_size=batch, pgd_steps=pgd, attack_mode="train",
                    amp="none", channels_last=True)
@@ -52,7 +52,7 @@ def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
         torch.manual_seed(0)
         net = to_channels_last(build_net("advcl", width), True).train()
         opt = torch.optim.SGD(net.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
-        step = PretrainStep("advcl", net, P, "hfc", 8.0, use_pseudo=False, recompute_anchors=recompute)
+        step = AdvCL(net, P, "hfc", 8.0, use_pseudo=False, recompute_anchors=recompute)
         g = torch.Generator().manual_seed(0)
 
         def one(step=step, opt=opt, g=g) -> float:

@@ -38,13 +38,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
-    from advcl_lite.data import class_balanced_subset, crop_flip, load_dataset, simclr_view
+    from advcl_lite.data import class_balanced_subset, load_dataset
+    from advcl_lite.views import crop_flip, simclr_view
     from advcl_lite.runtime import resolve_device, seed_everything
     from advcl_lite.frequency import high_pass, scaled_radius
     from advcl_lite.models import to_channels_last
     from advcl_lite.presets import get_preset
     from advcl_lite.models import build_net
-    from advcl_lite.pretrain import PretrainStep
+    from advcl_lite.methods import AdvCL
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def cl(v):      # as PretrainStep: every view in the preset's memory format
+    def cl(v):      # as the AdvCL step: every view in the preset's memory format
         return v.contiguous(memory_format=torch.channels_last) if p.channels_last else v
 
     def views(g):
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     g = seed_everything(0)
     net = to_channels_last(build_net("advcl", p.base_width).to(device), p.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    stepper = PretrainStep("advcl", net, p, "hfc", r, use_pseudo=False)
+    stepper = AdvCL(net, p, "hfc", r, use_pseudo=False)
 
     def step():
         net.train()

@@ -29,12 +29,13 @@ from advcl_lite import get_preset
 from advcl_lite.checkpoint import sha256_file
 from advcl_lite.data import load_dataset
 from advcl_lite.runtime import resolve_device
-from advcl_lite.evaluate import evaluate, format_result
+from advcl_lite.evaluate import evaluate
 from advcl_lite.finetune import get_or_finetune
 from advcl_lite.models import ResNet18, export_encoder
 from advcl_lite.models import load_pretrained
 from advcl_lite.pretrain import pretrain_dataset
 from advcl_lite.pretrained import ORDER, load_pretrained_encoder, save_encoder, table, write_manifest
+from advcl_lite.results import format_result
 
 LABELS = {"random": "Random init", "simclr": "SimCLR", "acl": "ACL", "advcl": "AdvCL (with pseudo-labels)",
           "advcl-nopl": "AdvCL without pseudo-labels"}

@@ -35,11 +35,12 @@ import torch
 
 from advcl_lite import get_preset
 from advcl_lite.data import load_dataset
-from advcl_lite.evaluate import (evaluate, format_result, intervals_separate, load_records, make_record, plot_results,
-                                 save_records)
+from advcl_lite.evaluate import evaluate
 from advcl_lite.finetune import get_or_finetune
 from advcl_lite.models import ResNet18
 from advcl_lite.pretrain import auto_pseudo_labels, get_or_train, pretrain_dataset
+from advcl_lite.results import format_result, intervals_separate, load_records, make_record, save_records
+from advcl_lite.viz import plot_results
 
 # (row label, method, view, pseudo-labels, preset overrides); "random" is an untrained encoder
 HEADLINE = [("SimCLR", "simclr", "hfc", False, {}), ("ACL", "acl", "hfc", False, {}),

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advcl_lite.attacks import PGD, ContrastivePGD, PseudoLabelPGD, TradesPGD, attack_pair, model_mode
+from advcl_lite.attacks import PGD, Attack, ContrastivePGD, PairPGD, PseudoLabelPGD, TradesPGD, model_mode
 from advcl_lite.frequency import high_pass
 from advcl_lite.losses import multiview_contrastive_loss, pseudo_label_loss
 from advcl_lite.models import ContrastiveNet
@@ -102,7 +102,7 @@ def test_attacks_restore_every_module_mode(attack_mode, start):
     o, t1, t2, h = _views(4)
     ContrastivePGD(net, EPS, ALPHA, 1, mode=attack_mode)(o, anchors=[t1, t2, h])
     assert {name: m.training for name, m in net.named_modules()} == before
-    attack_pair(net, t1, t2, EPS, ALPHA, 1, mode=attack_mode)
+    PairPGD(net, EPS, ALPHA, 1, mode=attack_mode)(t1, t2)
     assert {name: m.training for name, m in net.named_modules()} == before
 
 
@@ -126,14 +126,9 @@ def test_model_mode_restores_on_error():
 ])
 def test_bad_settings_raise_clear_errors(kwargs, match):
     net = _net()
-    for cls in (ContrastivePGD, PGD, PseudoLabelPGD):
+    for cls in (ContrastivePGD, PGD, PseudoLabelPGD, PairPGD, TradesPGD):
         with pytest.raises(ValueError, match=match):
             cls(net, **kwargs)
-    if "mode" not in kwargs:
-        o, t1, t2, _ = _views(2)
-        args = {"eps": EPS, "alpha": ALPHA, "steps": 1, **kwargs}
-        with pytest.raises(ValueError, match=match):
-            attack_pair(net, t1, t2, **args)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -176,18 +171,58 @@ def test_pseudo_label_pgd_raises_the_cross_entropy():
     assert (x_ce - o).abs().max() <= EPS + 1e-6 and x_ce.min() >= 0 and x_ce.max() <= 1
 
 
-def test_attack_pair_raises_nt_xent_and_stays_in_both_balls():
+def test_pair_attack_raises_nt_xent_and_stays_in_both_balls():
     net = _net()
     _, t1, t2, _ = _views()
     def loss(a, b):
         with torch.no_grad(), model_mode(net, "eval"):
             return multiview_contrastive_loss(list(net(torch.cat([a, b]), "pgd").chunk(2)), 0.5).item()
     torch.manual_seed(0)
-    a1, a2 = attack_pair(net, t1, t2, EPS, ALPHA, 5)
+    a1, a2 = PairPGD(net, EPS, ALPHA, 5)(t1, t2)
     assert loss(a1, a2) > loss(t1, t2) + 0.01
     for a, x in ((a1, t1), (a2, t2)):
         assert (a - x).abs().max() <= EPS + 1e-6 and a.min() >= 0 and a.max() <= 1
     assert not torch.equal(a1 - t1, a2 - t2)         # each view has its own perturbation
+
+
+def _reference_pair_attack(net, x1, x2, eps, alpha, steps, route="pgd", temperature=0.5):
+    """ACL's pair attack written out: two leaves, one forward of the pair, a random start per view."""
+    with model_mode(net, "eval"):
+        a1 = (x1 + torch.empty_like(x1).uniform_(-eps, eps)).clamp(0, 1)
+        a2 = (x2 + torch.empty_like(x2).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            a1.requires_grad_(True)
+            a2.requires_grad_(True)
+            z = net(torch.cat([a1, a2]), route)
+            g1, g2 = torch.autograd.grad(multiview_contrastive_loss(list(z.chunk(2)), temperature), [a1, a2])
+            with torch.no_grad():
+                a1 = torch.min(torch.max(a1 + alpha * g1.sign(), x1 - eps), x1 + eps).clamp(0, 1)
+                a2 = torch.min(torch.max(a2 + alpha * g2.sign(), x2 - eps), x2 + eps).clamp(0, 1)
+    return a1, a2
+
+
+def test_pair_attack_on_the_shared_loop_is_the_written_out_attack_bit_for_bit():
+    net = _net()
+    _, t1, t2, _ = _views()
+    torch.manual_seed(3)
+    want = _reference_pair_attack(net, t1, t2, EPS, ALPHA, 3)
+    torch.manual_seed(3)
+    got = PairPGD(net, EPS, ALPHA, 3)(t1, t2)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_every_attack_shares_the_base_call_and_a_repr_of_its_settings():
+    net = _net()
+    for attack in (PGD(net), TradesPGD(net), ContrastivePGD(net), PairPGD(net), PseudoLabelPGD(net)):
+        assert isinstance(attack, Attack) and type(attack).__call__ is Attack.__call__
+        r = repr(attack)
+        assert r.startswith(type(attack).__name__ + "(eps=0.03137 (8/255), alpha=0.00784 (2/255)"), r
+        assert f"mode={attack.mode!r}" in r
+    with pytest.raises(ValueError, match=r"x2 must be in \[0, 1\]"):
+        PairPGD(net)(_views(2)[1], _views(2)[2] + 2)
+    with pytest.raises(ValueError, match="the same shape"):
+        PairPGD(net)(_views(2)[1], _views(3)[2])
 
 
 class _TinyClassifier(nn.Module):

@@ -1,4 +1,7 @@
-"""Evaluation: Wilson intervals, the attack-hook loop (clean, PGD-20, AutoAttack, callables), records, plots."""
+"""Evaluation: Wilson intervals, the attack-hook loop (clean, PGD-20, AutoAttack, callables), accuracy vs eps.
+
+Records, tables and the comparison of intervals are tested in test_results.py, the figures in test_viz.py.
+"""
 from __future__ import annotations
 
 import math
@@ -11,9 +14,7 @@ import torch.nn as nn
 from advcl_lite.attacks import PGD
 from advcl_lite.data import load_dataset
 from advcl_lite.attacks import AutoAttackHook
-from advcl_lite.evaluate import (accuracy_ci, accuracy_vs_eps, evaluate, format_result, load_records,
-                                 make_attack, make_record, plot_accuracy_vs_eps, plot_results, records_table,
-                                 save_records)
+from advcl_lite.evaluate import accuracy_ci, accuracy_vs_eps, evaluate, make_attack
 from advcl_lite.models import Classifier, ResNet18
 
 matplotlib.use("Agg")
@@ -96,14 +97,6 @@ def test_accuracy_ci_known_values():
     assert accuracy_ci(50, 100, z=2.576)[1] - accuracy_ci(50, 100)[1] > 0  # 99 % is wider
     with pytest.raises(ValueError):
         accuracy_ci(5, 4)
-
-
-def test_format_result():
-    r = {"n": 1000, "sa": 0.476, "sa_ci": list(accuracy_ci(476, 1000)), "ra": 0.2, "ra_ci": list(accuracy_ci(200, 1000)),
-         "attack": PGD(nn.Linear(1, 1), steps=20).__repr__()}
-    s = format_result(r)
-    assert s.startswith("SA 47.6% [44.5, 50.7] (n=1000); RA (PGD-20) 20.0% [")
-    assert s.endswith("(n=1000)")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -209,50 +202,14 @@ def test_autoattack_is_at_least_as_strong_as_pgd20(tiny, own_labels):
     assert aa["ra"] <= pgd["ra"] and aa["max_linf"] <= 1 / 255 + 1e-6
 
 
-# --------------------------------------------------------------------------- records and plots
+# --------------------------------------------------------------------------- accuracy vs eps
 
-def _records(tiny, test_set):
-    r = evaluate(tiny, test_set, attack="pgd2", n=20, progress=False)
-    aa = dict(r, attack="AutoAttack(fake)")
-    return [make_record(m, s, "cifar10-sample", "cifar10-sample", r, "smoke", 0, 1.5, aa=aa, note="x")
-            for m in ("SimCLR", "AdvCL") for s in ("SLF", "ALF")]
-
-
-def test_records_roundtrip(tmp_path, tiny, test_set):
-    recs = _records(tiny, test_set)
-    assert recs[0]["aa_n"] == 20 and recs[0]["aa_ci"] == recs[0]["ra_ci"] and recs[0]["note"] == "x"
-    written = save_records(recs, tmp_path / "res")
-    assert sorted(p.suffix for p in written) == [".csv", ".json"]
-    assert load_records(tmp_path / "res.json") == recs
-    back = load_records(tmp_path / "res.csv")
-    assert [{k: v for k, v in r.items()} for r in back] == recs
-    save_records(recs, tmp_path / "only.csv")
-    assert not (tmp_path / "only.json").exists()
-    table = records_table(recs)
-    assert table.count("\n") == len(recs) + 1 and "(20)" in table
-
-
-def test_plots(tiny, test_set):
-    import matplotlib.pyplot as plt
-    recs = _records(tiny, test_set)
-    fig = plot_results(recs)
-    assert len(fig.axes) == 2
-    assert len(fig.axes[0].patches) >= 6        # 2 methods x 3 metrics in the first panel
-    plt.close(fig)
-    no_aa = [{k: v for k, v in r.items() if not k.startswith("aa")} for r in recs]   # presets with aa_n = 0
-    fig = plot_results(no_aa)
-    from matplotlib.container import BarContainer
-    assert sum(isinstance(c, BarContainer) for c in fig.axes[0].containers) == 2     # SA and RA only
-    plt.close(fig)
-    assert "AA" not in records_table(no_aa) and "AA" in records_table(recs)
+def test_accuracy_vs_eps(tiny, test_set):
     x, y = test_set.tensors(12)
     with torch.no_grad():
         y = tiny(x).argmax(1)
     curve = accuracy_vs_eps(tiny, (x, y), [0.0, 2 / 255, 8 / 255], steps=3)
     assert curve["ra"][0] == curve["sa"] == 1.0 and curve["n"] == 12 and len(curve["ra_ci"]) == 3
-    fig = plot_accuracy_vs_eps({"tiny": curve})
-    assert len(fig.axes[0].lines) == 1
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- notebook 04
@@ -315,11 +272,3 @@ def test_notebook_04_pretrained_finetunes_the_shipped_set(run_nb, tour_dirs):
     head = rec["headline"]
     assert head[0].startswith("Robustness transfer, shipped encoders") and "smoke preset" in head[-1]
     assert any(line.startswith("SLF: ACL RA") and "vs SimCLR" in line for line in head)
-
-
-def test_intervals_separate_says_which_interval_lies_above():
-    from advcl_lite.evaluate import intervals_separate
-    hi, lo, mid = {"ra_ci": [0.10, 0.14]}, {"ra_ci": [0.02, 0.04]}, {"ra_ci": [0.03, 0.11]}
-    assert intervals_separate(hi, lo) == 1 and intervals_separate(lo, hi) == -1
-    assert intervals_separate(hi, mid) == 0 and intervals_separate(mid, lo) == 0      # overlapping: no difference
-    assert intervals_separate({"sa_ci": [0.5, 0.6]}, {"sa_ci": [0.2, 0.3]}, "sa") == 1

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "advcl_lite"
-# DEVELOPING.md, "Layout": a module may import only from lower layers
+# DEVELOPING.md, "Layout": a module may import only from lower layers. A subpackage (a folder of
+# modules, such as viz/) is one unit on one layer: its modules import each other freely (`from .x`)
+# and the rest of the package only downwards (`from ..x`).
 LAYERS = [
     ("runtime", "presets", "frequency", "losses", "optim"),
-    ("checkpoint", "data"),
-    ("models", "attacks", "viz"),
-    ("pseudo_labels", "evaluate", "spectra", "pretrained"),
-    ("pretrain", "finetune", "checks"),
+    ("checkpoint", "data", "views"),
+    ("models", "attacks"),
+    ("pseudo_labels", "evaluate", "results", "spectra", "pretrained", "methods"),
+    ("pretrain", "finetune", "checks", "viz"),
     ("tour", "course"),
     ("cli",),
 ]
@@ -21,15 +23,27 @@ LAYER = {m: i for i, mods in enumerate(LAYERS) for m in mods}
 FACES = {"__init__": 1, "__main__": len(LAYERS)}   # the package face may import layers 0-1; __main__ only cli
 
 
-def package_imports(tree: ast.Module) -> list[tuple[str, ast.ImportFrom | ast.Import, bool]]:
-    """(imported module, node, at top level) for every import of an advcl_lite module."""
+def unit(path: Path) -> str:
+    """The layered unit a file belongs to: its module name, or its subpackage's name (viz/core.py -> viz)."""
+    return path.stem if path.parent == PACKAGE else path.parent.name
+
+
+def package_imports(tree: ast.Module, package: str | None = None) -> list[tuple[str, ast.ImportFrom | ast.Import, bool]]:
+    """(imported unit, node, at top level) for every import of an advcl_lite module.
+
+    ``package``: the subpackage the file sits in (None: advcl_lite itself). Inside it, ``from .x`` is a
+    sibling and comes back as ``package``; ``from ..x`` is the package module ``x``.
+    """
     top = set(map(id, tree.body))
+    depth = 1 if package is None else 2          # the relative level that names advcl_lite itself
     found = []
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
+            if node.level == depth:
                 names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            elif package is not None and node.level == 1:
+                names = [package]
             elif node.level == 0 and (node.module or "").startswith("advcl_lite"):
                 rest = node.module.split(".")[1:]
                 names = rest[:1] if rest else [a.name for a in node.names]
@@ -40,26 +54,36 @@ def package_imports(tree: ast.Module) -> list[tuple[str, ast.ImportFrom | ast.Im
 
 
 def modules() -> list[Path]:
-    return sorted(PACKAGE.glob("*.py"))
+    """Every module of the package, those of its subpackages (one folder deep) included."""
+    return sorted(PACKAGE.glob("*.py")) + sorted(PACKAGE.glob("*/*.py"))
 
 
 def test_every_module_has_a_layer():
-    names = {p.stem for p in modules()} - set(FACES)
+    for sub in {p.parent for p in modules()} - {PACKAGE}:
+        assert (sub / "__init__.py").exists(), f"{sub.name}/ holds modules but no __init__.py"
+        assert not (PACKAGE / f"{sub.name}.py").exists(), f"both {sub.name}.py and {sub.name}/: keep one"
+        assert not list(sub.glob("*/*.py")), f"{sub.name}/ nests a package; the layout is one folder deep"
+    names = {unit(p) for p in modules()} - set(FACES)
     assert names == set(LAYER), f"add to LAYERS (and DEVELOPING.md): {sorted(names - set(LAYER))}; " \
                                 f"remove: {sorted(set(LAYER) - names)}"
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE).with_suffix("")).replace("/", "."))
 def test_imports_point_down_and_sit_at_the_top(path):
     tree = ast.parse(path.read_text())
-    own = LAYER.get(path.stem, FACES.get(path.stem))
-    for name, node, at_top in package_imports(tree):
-        assert at_top, f"{path.name}:{node.lineno} imports {name} inside a function or block; move it to the top"
-        if path.stem == "__main__":
+    name_of = str(path.relative_to(PACKAGE))
+    own_unit = unit(path)
+    package = None if path.parent == PACKAGE else own_unit
+    own = LAYER.get(own_unit, FACES.get(own_unit))
+    for name, node, at_top in package_imports(tree, package):
+        assert at_top, f"{name_of}:{node.lineno} imports {name} inside a function or block; move it to the top"
+        if own_unit == "__main__":
             assert name == "cli", f"__main__ imports only cli, not {name}"
             continue
-        assert name in LAYER, f"{path.name}:{node.lineno} imports unknown module {name}"
-        assert LAYER[name] < own, (f"{path.name}:{node.lineno} (layer {own}) imports {name} (layer {LAYER[name]}): "
+        assert name in LAYER, f"{name_of}:{node.lineno} imports unknown module {name}"
+        if name == package:
+            continue                                   # a sibling in the same subpackage
+        assert LAYER[name] < own, (f"{name_of}:{node.lineno} (layer {own}) imports {name} (layer {LAYER[name]}): "
                                    f"imports must point to a lower layer")
 
 
@@ -69,3 +93,12 @@ def test_the_checker_catches_an_upward_and_a_nested_import():
     found = {(n, top) for n, _, top in package_imports(tree)}
     assert found == {("cli", True), ("presets", False)}
     assert LAYER["cli"] > LAYER["presets"]
+    # inside a subpackage: `.core` is a sibling, `..cli` and `advcl_lite.viz.core` name package units
+    tree = ast.parse("from .core import _plt\nfrom ..cli import main\nfrom advcl_lite.viz.core import widget\n"
+                     "import advcl_lite.spectra\n\ndef f():\n    from ..presets import PRESETS\n")
+    found = {(n, top) for n, _, top in package_imports(tree, "viz")}
+    assert found == {("viz", True), ("cli", True), ("spectra", True), ("presets", False)}
+    assert LAYER["cli"] > LAYER["viz"]
+    # a module below viz importing it is an upward import
+    found = {n for n, _, _ in package_imports(ast.parse("from .viz import plot_views\n"))}
+    assert found == {"viz"} and LAYER["viz"] > LAYER["pseudo_labels"]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from advcl_lite import methods
 from advcl_lite import pretrain as pt
 from advcl_lite.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from advcl_lite.cli import main as cli_main
@@ -29,55 +30,6 @@ def _sha(path):
 def _states_equal(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-# --------------------------------------------------------------------------- one step of each method
-
-@pytest.mark.parametrize("method, view, ks", [
-    ("simclr", "hfc", ()),
-    ("acl", "hfc", ()),
-    ("advcl", "hfc", ()),
-    ("advcl", "none", ()),          # view ablation: no fourth view
-    ("advcl", "lfc", (2, 5)),       # LFC ablation, with pseudo-label heads
-])
-def test_each_method_lowers_its_loss_on_a_fixed_batch(sample, method, view, ks):
-    x = sample.tensors(16)[0]
-    P = get_preset("smoke", base_width=4, pgd_steps=2, lr=0.05)
-    torch.manual_seed(0)
-    net = pt.build_net(method, 4, ks).train()
-    step = pt.PretrainStep(method, net, P, view, 8.0, use_pseudo=bool(ks))
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator()
-    targets = [torch.randint(0, k, (16,), generator=g.manual_seed(k)) for k in ks] or None
-    losses = []
-    for _ in range(8):
-        g.manual_seed(0)                 # the same views and the same attack starts at every step
-        torch.manual_seed(1)
-        out = step(x, g, targets)
-        assert out["loss"].dtype == torch.float32 and out["loss"].ndim == 0
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
-    assert all(math.isfinite(v) for v in losses)
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, losses
-    expected = {"simclr": {"loss"}, "acl": {"loss", "loss_clean", "loss_adv"},
-                "advcl": {"loss", "loss_cl"} | ({"loss_ps"} if ks else set())}[method]
-    assert set(out) == expected
-    if method == "acl":
-        assert out["loss"].item() == pytest.approx(0.5 * (out["loss_clean"] + out["loss_adv"]).item(), rel=1e-6)
-
-
-def test_advcl_step_runs_under_bf16_autocast_with_float32_losses(sample):
-    x = sample.tensors(8)[0]
-    P = get_preset("smoke", base_width=4, pgd_steps=1, amp="bf16", channels_last=False)
-    torch.manual_seed(0)
-    net = pt.build_net("advcl", 4).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = pt.PretrainStep("advcl", net, P)(x, torch.Generator().manual_seed(0))
-    assert out["loss"].dtype == torch.float32 and math.isfinite(out["loss"].item())
-    out["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
 def test_lr_schedule_warms_up_from_one_percent_and_ends_near_one_thousandth():
@@ -197,8 +149,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sample, tmp_path, mon
     pt.pretrain("simclr", "smoke", out_dir=tmp_path, max_epochs=1, **kw)
     last = tmp_path / "last.pt"
     digest = _sha(last)
-    real_view = pt.simclr_view
-    monkeypatch.setattr(pt, "simclr_view", lambda x, g=None: real_view(x, g) * float("nan"))
+    real_view = methods.simclr_view
+    monkeypatch.setattr(methods, "simclr_view", lambda x, g=None: real_view(x, g) * float("nan"))
     with pytest.raises(pt.NonFiniteLossError, match=r"non-finite loss.*epoch 2.*last good checkpoint .*last\.pt"):
         pt.pretrain("simclr", "smoke", out_dir=tmp_path, **kw)
     assert _sha(last) == digest
@@ -295,53 +247,6 @@ def test_notebook_02_smoke(run_nb):
 
 
 # --------------------------------------------------------------------------- fidelity to the original codes
-
-def _route_stats(net, route):
-    return [m.bns[route].running_mean.clone() for m in net.modules() if isinstance(m, RoutedBatchNorm2d)]
-
-
-def _moved(before, after):
-    return any(not torch.equal(a, b) for a, b in zip(before, after))
-
-
-@pytest.mark.parametrize("attack_mode", ["train", "eval"])
-def test_advcl_attack_mode_decides_whether_running_statistics_move(sample, attack_mode):
-    """Train mode (the original's net.train()) updates the attacked routes' running statistics, eval mode does not."""
-    from advcl_lite.attacks import ContrastivePGD, PseudoLabelPGD
-    x = sample.tensors(8)[0]
-    torch.manual_seed(0)
-    net = pt.build_net("advcl", 4, (2, 5)).train()
-    t1, t2, o = x, x.flip(3), x.roll(1, 2)
-    before = {r: _route_stats(net, r) for r in ("normal", "pgd", "pgd_ce")}
-    ContrastivePGD(net, 8 / 255, 2 / 255, 2, mode=attack_mode)(o, anchors=[t1, t2])
-    PseudoLabelPGD(net, 8 / 255, 2 / 255, 2, mode=attack_mode)(o, targets=[torch.zeros(8, dtype=torch.long)] * 2)
-    after = {r: _route_stats(net, r) for r in ("normal", "pgd", "pgd_ce")}
-    for r in ("normal", "pgd", "pgd_ce"):
-        assert _moved(before[r], after[r]) == (attack_mode == "train"), r
-    assert net.training                                    # the attack restores the mode
-
-
-def test_acl_attack_leaves_running_statistics_unchanged(sample):
-    from advcl_lite.attacks import attack_pair
-    x = sample.tensors(8)[0]
-    net = pt.build_net("acl", 4, head="acl").train()
-    before = {r: _route_stats(net, r) for r in ("normal", "pgd")}
-    attack_pair(net, x, x.flip(3), 8 / 255, 2 / 255, 2, mode=pt.ACL_ATTACK_MODE)
-    assert all(not _moved(before[r], _route_stats(net, r)) for r in ("normal", "pgd"))
-
-
-def test_advcl_loss_is_the_originals_composition(sample):
-    """L = (tau / base_temperature) * L_CL + lambda * L_PS, as pretraining_advCL.py with SupConLoss."""
-    x = sample.tensors(8)[0]
-    ks = (2, 5)
-    targets = [torch.randint(0, k, (8,), generator=torch.Generator().manual_seed(k)) for k in ks]
-    for base_t, scale in ((0.07, 0.5 / 0.07), (0.5, 1.0)):
-        P = get_preset("smoke", base_width=4, pgd_steps=1, base_temperature=base_t)
-        torch.manual_seed(0)
-        net = pt.build_net("advcl", 4, ks).train()
-        out = pt.PretrainStep("advcl", net, P, use_pseudo=True)(x, torch.Generator().manual_seed(0), targets)
-        assert out["loss"].item() == pytest.approx(scale * out["loss_cl"].item() + 0.2 * out["loss_ps"].item(),
-                                                   rel=1e-6)
 
 
 def test_presets_keep_the_originals_method_settings():

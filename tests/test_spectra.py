@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from advcl_lite import spectra as S
-from advcl_lite.attacks import BandLimitedPGD, band_limited_pgd
+from advcl_lite.attacks import BandLimitedPGD
 from advcl_lite.frequency import out_of_band_fraction
 from advcl_lite.attacks import PGD
 from advcl_lite.frequency import radial_power_spectrum
@@ -158,14 +158,14 @@ def test_band_limited_pgd_stays_in_the_ball_the_box_and_near_the_band(band):
     x = images_with_saturated_pixels()
     y = torch.arange(len(x)) % 10
     eps = 8 / 255
-    x_adv = band_limited_pgd(net, x, y, eps, 2 / 255, 5, band=band, radius=8)
+    x_adv = BandLimitedPGD(net, eps, 2 / 255, 5, band=band, radius=8)(x, y)
     delta = x_adv - x
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert delta.abs().max() <= eps + 1e-6
     assert delta.abs().max() > 0.5 * eps                         # it does move
     leak = out_of_band_fraction(delta, band, 8)
     assert leak.max() < 1e-3, leak.max()                         # clipping leaves little outside the band
-    once = band_limited_pgd(net, x, y, eps, 2 / 255, 5, band=band, radius=8, refine=1) - x
+    once = BandLimitedPGD(net, eps, 2 / 255, 5, band=band, radius=8, refine=1)(x, y) - x
     assert out_of_band_fraction(once, band, 8).mean() > 3 * leak.mean()   # the alternating projections help
     # without the perturbation being projected, a plain PGD delta is far from band-limited
     plain = PGD(net, eps, 2 / 255, 5)(x, y) - x
@@ -177,7 +177,7 @@ def test_low_band_projection_alone_is_exactly_low_pass():
     net = tiny_convnet()
     x = torch.full((4, 3, 32, 32), 0.5)
     y = torch.zeros(4, dtype=torch.long)
-    delta = band_limited_pgd(net, x, y, eps=0.45, alpha=0.01, steps=3, band="low", radius=8) - x
+    delta = BandLimitedPGD(net, eps=0.45, alpha=0.01, steps=3, band="low", radius=8)(x, y) - x
     assert delta.abs().max() < 0.45
     assert out_of_band_fraction(delta, "low", 8).max() < 1e-10
 
@@ -187,7 +187,7 @@ def test_full_band_is_ordinary_pgd():
     x = images_with_saturated_pixels(8)
     y = torch.arange(8) % 10
     torch.manual_seed(3)
-    a = band_limited_pgd(net, x, y, 8 / 255, 2 / 255, 3, band="full")
+    a = BandLimitedPGD(net, 8 / 255, 2 / 255, 3, band="full")(x, y)
     torch.manual_seed(3)
     b = PGD(net, 8 / 255, 2 / 255, 3)(x, y)
     assert torch.allclose(a, b, atol=1e-6)
@@ -224,7 +224,7 @@ def test_bad_arguments_name_the_problem():
     net = tiny_convnet()
     x, y = torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
     with pytest.raises(ValueError, match="band"):
-        band_limited_pgd(net, x, y, band="middle")
+        BandLimitedPGD(net, band="middle")(x, y)
     with pytest.raises(ValueError, match="8/255"):
         S.accuracy_under_band_attacks(net, x, y, [8], progress=False)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -232,31 +232,6 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="sign"):
         S.fourier_heat_map(net, x, y, sign="pixel", progress=False)
     assert "band='low'" in repr(BandLimitedPGD(net, band="low"))
-
-
-# --------------------------------------------------------------------------- plots
-
-def test_plots_and_the_frequency_explorer(tmp_path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m, x, y = linear_model_on(9, 9)
-    fig, stats = S.plot_frequency_explorer({"hf-linear": m}, x[:16], y[:16], radius=8, eps=8 / 255, steps=10)
-    st = stats["hf-linear"]
-    assert st["clean"] == 1.0 and st["low"] == 1.0 and st["high"] < 0.1 and st["full"] < 0.1
-    assert st["hf_fraction"] > 0.8
-    assert len(fig.axes) == 5
-    fig.savefig(tmp_path / "explorer.png")
-    heat = S.fourier_heat_map(m, x[:4], y[:4], stride=8, progress=False)
-    fig = S.plot_heat_maps({"a": heat, "b": heat}, radius=8, norm=4)
-    fig.savefig(tmp_path / "heat.png")
-    recs = S.accuracy_under_band_attacks(m, x[:8], y[:8], [4 / 255], steps=2, progress=False)
-    recs = [dict(r, encoder=e) for e in ("a", "b") for r in recs]
-    fig = S.plot_band_accuracy(recs)
-    assert len(fig.axes) == 3 and all(len(ax.lines) == 2 for ax in fig.axes)   # a panel per band, a line per encoder
-    assert list(fig.axes[1].lines[0].get_ydata()) == [1.0, recs[1]["accuracy"]]  # starts at the clean accuracy
-    plt.close("all")
 
 
 # --------------------------------------------------------------------------- notebook 05

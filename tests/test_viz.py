@@ -1,11 +1,24 @@
-"""advcl_lite.viz: the plotting helpers and the notebook widget wrapper."""
+"""advcl_lite.viz: every figure and the notebook widget wrapper.
+
+One section per submodule: core (generic helpers, the widget), clusters (notebook 03), results (04), spectra (05).
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
+from advcl_lite import spectra as S
+from advcl_lite.data import class_balanced_subset, load_dataset
+from advcl_lite.evaluate import accuracy_vs_eps, evaluate
 from advcl_lite.frequency import energy_fraction, high_pass, low_pass, radial_power_spectrum
+from advcl_lite.models import Classifier, ContrastiveNet, ResNet18
+from advcl_lite.presets import get_preset
+from advcl_lite.pseudo_labels import extract_features, make_pseudo_labels
+from advcl_lite.results import make_record
+from advcl_lite.viz import (plot_accuracy_vs_eps, plot_band_accuracy, plot_cluster_grid, plot_cluster_sizes,
+                            plot_embedding, plot_frequency_explorer, plot_heat_maps, plot_results)
 
 
 @pytest.fixture
@@ -16,6 +29,8 @@ def plt():
     yield plt
     plt.close("all")
 
+
+# --------------------------------------------------------------------------- core
 
 def test_display_images_maps_signed_views_to_gray_zero():
     from advcl_lite.viz import display_images
@@ -105,3 +120,112 @@ def test_widget_is_skipped_in_headless_runs_and_interactive_otherwise(monkeypatc
     assert "skipped: headless run" in capsys.readouterr().out and calls == []
     monkeypatch.setenv("ADVCL_HEADLESS", "0")
     assert widget(show, k=[1, 2]) is not None and calls == [1], "interact calls the function once with the default"
+
+
+# --------------------------------------------------------------------------- clusters (notebook 03)
+
+@pytest.fixture(scope="module")
+def ds64():
+    """The 64 images a tiny smoke preset pretrains on (pretrain.pretrain_dataset of train_subset=64)."""
+    return class_balanced_subset(load_dataset("sample", "train"), 64, seed=get_preset("smoke").seed)
+
+
+@pytest.fixture(scope="module")
+def net4():
+    torch.manual_seed(0)
+    return ContrastiveNet(4).eval()
+
+
+@pytest.fixture(scope="module")
+def labels64(ds64, net4):
+    return make_pseudo_labels(net4, ds64, ks=(2, 5), seed=0, progress=False)
+
+
+def test_plots_return_figures(plt, ds64, labels64, net4):
+    fig = plot_cluster_grid(ds64, labels64, n_clusters=3, per_cluster=4, k=5)
+    assert len(fig.axes) == 3
+    fig2 = plot_embedding(extract_features(net4, ds64, progress=False), labels64.labels[5], ds64,
+                          method="pca", n=40)
+    assert len(fig2.axes) == 2 and len(fig2.axes[0].collections[0].get_offsets()) == 40
+    fig3 = plot_cluster_sizes(labels64)
+    assert len(fig3.axes[0].lines) == 4
+
+
+# --------------------------------------------------------------------------- results (notebook 04)
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Classifier(ResNet18(4), 10).eval()
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_dataset("sample", "test")
+
+
+def _records(tiny, test_set):
+    r = evaluate(tiny, test_set, attack="pgd2", n=20, progress=False)
+    aa = dict(r, attack="AutoAttack(fake)")
+    return [make_record(m, s, "cifar10-sample", "cifar10-sample", r, "smoke", 0, 1.5, aa=aa, note="x")
+            for m in ("SimCLR", "AdvCL") for s in ("SLF", "ALF")]
+
+
+def test_plots(plt, tiny, test_set):
+    recs = _records(tiny, test_set)
+    fig = plot_results(recs)
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].patches) >= 6        # 2 methods x 3 metrics in the first panel
+    plt.close(fig)
+    no_aa = [{k: v for k, v in r.items() if not k.startswith("aa")} for r in recs]   # presets with aa_n = 0
+    fig = plot_results(no_aa)
+    from matplotlib.container import BarContainer
+    assert sum(isinstance(c, BarContainer) for c in fig.axes[0].containers) == 2     # SA and RA only
+    plt.close(fig)
+    x, y = test_set.tensors(12)
+    with torch.no_grad():
+        y = tiny(x).argmax(1)
+    curve = accuracy_vs_eps(tiny, (x, y), [0.0, 2 / 255, 8 / 255], steps=3)
+    fig = plot_accuracy_vs_eps({"tiny": curve})
+    assert len(fig.axes[0].lines) == 1
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- spectra (notebook 05)
+
+class LinearProbe2(nn.Module):
+    """Two-class linear classifier on a fixed pattern ``w``: logits (s, -s), s = <w, x - 0.5> (as in test_spectra.py)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.register_buffer("w", w)
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
+
+    def forward(self, x):
+        s = ((x - 0.5) * self.w).sum((1, 2, 3)) + 0 * self.anchor
+        return torch.stack([s, -s], 1)
+
+
+def linear_model_on(i, j):
+    m = LinearProbe2(S.fourier_basis(32, i, j, 1.0, channels=3))
+    x = 0.25 + 0.5 * torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))   # mid-gray images
+    y = m(x).argmax(1)   # labels = its own predictions: clean accuracy 1
+    return m, x, y
+
+
+def test_plots_and_the_frequency_explorer(plt, tmp_path):
+    m, x, y = linear_model_on(9, 9)
+    fig, stats = plot_frequency_explorer({"hf-linear": m}, x[:16], y[:16], radius=8, eps=8 / 255, steps=10)
+    st = stats["hf-linear"]
+    assert st["clean"] == 1.0 and st["low"] == 1.0 and st["high"] < 0.1 and st["full"] < 0.1
+    assert st["hf_fraction"] > 0.8
+    assert len(fig.axes) == 5
+    fig.savefig(tmp_path / "explorer.png")
+    heat = S.fourier_heat_map(m, x[:4], y[:4], stride=8, progress=False)
+    fig = plot_heat_maps({"a": heat, "b": heat}, radius=8, norm=4)
+    fig.savefig(tmp_path / "heat.png")
+    recs = S.accuracy_under_band_attacks(m, x[:8], y[:8], [4 / 255], steps=2, progress=False)
+    recs = [dict(r, encoder=e) for e in ("a", "b") for r in recs]
+    fig = plot_band_accuracy(recs)
+    assert len(fig.axes) == 3 and all(len(ax.lines) == 2 for ax in fig.axes)   # a panel per band, a line per encoder
+    assert list(fig.axes[1].lines[0].get_ydata()) == [1.0, recs[1]["accuracy"]]  # starts at the clean accuracy

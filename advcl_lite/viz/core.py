@@ -1,4 +1,4 @@
-"""Generic plotting helpers shared by the notebooks.
+"""Generic plotting helpers shared by the notebooks, and the notebook widget wrapper.
 
 Every function returns a matplotlib ``Figure`` and never calls ``plt.show()``
 (a notebook displays a returned figure; a script saves it). Images are torch
@@ -7,9 +7,10 @@ ordinary images. HFC views and perturbations are *signed* and not in [0, 1];
 :func:`display_images` maps them to gray = 0 so they can be seen
 (``signed="auto"`` does this whenever a value lies outside [0, 1]).
 
-Contents: :func:`display_images`, :func:`image_grid`, :func:`plot_views`,
+Contents: :func:`widget`, :func:`display_images`, :func:`image_grid`, :func:`plot_views`,
 :func:`plot_mask`, :func:`plot_frequency_views`, :func:`plot_radial_spectra`,
-:func:`plot_loss_curves`, :func:`plot_adversarial_panel`.
+:func:`plot_loss_curves`, :func:`plot_adversarial_panel`; ``_plt``, the one deferred
+``matplotlib.pyplot`` import of the whole :mod:`advcl_lite.viz` package.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .frequency import energy_fraction, high_pass, low_pass, radial_mask, radial_power_spectrum
-from .runtime import headless
+from ..frequency import energy_fraction, high_pass, low_pass, radial_mask, radial_power_spectrum
+from ..runtime import headless
 
 
 def widget(fn, manual: bool = False, **controls):

@@ -1,0 +1,95 @@
+"""Figures of the evaluation stage (notebook 04): accuracies per method and scheme, accuracy against eps.
+
+The records they draw are made by :func:`~advcl_lite.results.make_record`; the curves by
+:func:`~advcl_lite.evaluate.accuracy_vs_eps`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .core import _plt
+
+
+def plot_results(records: Sequence[dict[str, Any]], metrics: Sequence[str] = ("sa", "ra", "aa"), title: str | None = None):
+    """Grouped bars: SA / RA / AA (percent, 95 % intervals as error bars) per method, one panel per scheme."""
+    import pandas as pd
+    import seaborn as sns
+
+    plt = _plt()
+
+    labels = {"sa": "SA (clean)", "ra": "RA (PGD)", "aa": "AA (AutoAttack)"}
+    rows = []
+    for r in records:
+        for m in metrics:
+            if r.get(m) is None:
+                continue
+            ci = r.get(f"{m}_ci") or [r[m], r[m]]
+            n = r.get(f"{m}_n", r.get("n")) if m == "aa" else r.get("n")
+            rows.append({"method": r["method"], "scheme": str(r["scheme"]).upper(), "metric": labels.get(m, m),
+                         "acc": 100 * r[m], "low": 100 * ci[0], "high": 100 * ci[1], "n": n})
+    if not rows:
+        raise ValueError("no records with accuracies to plot")
+    df = pd.DataFrame(rows)
+    schemes = list(dict.fromkeys(df["scheme"]))
+    methods = list(dict.fromkeys(df["method"]))
+    hue_order = [labels.get(m, m) for m in metrics if labels.get(m, m) in set(df["metric"])]
+    fig, axes = plt.subplots(1, len(schemes), figsize=(max(4.0, 1.3 * len(methods) + 1.5) * len(schemes), 3.8),
+                             sharey=True, squeeze=False)
+    for ax, scheme in zip(axes[0], schemes):
+        sub = df[df["scheme"] == scheme]
+        sns.barplot(data=sub, x="method", y="acc", hue="metric", order=methods, hue_order=hue_order, ax=ax,
+                    errorbar=None, palette="deep")
+        from matplotlib.container import BarContainer
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]   # one per metric, bars in method order
+        for container, metric in zip(bars, hue_order):
+            for bar in container:
+                cx = bar.get_x() + bar.get_width() / 2
+                method = methods[min(len(methods) - 1, max(0, int(round(cx))))]   # categories sit at 0, 1, ...
+                row = sub[(sub["metric"] == metric) & (sub["method"] == method)]
+                if row.empty:
+                    continue
+                ax.errorbar(cx, row["acc"].iloc[0], yerr=[[row["acc"].iloc[0] - row["low"].iloc[0]],
+                                                          [row["high"].iloc[0] - row["acc"].iloc[0]]],
+                            fmt="none", ecolor="black", elinewidth=1, capsize=2)
+        ns = {metric: sorted(set(int(v) for v in sub[sub["metric"] == metric]["n"])) for metric in hue_order}
+        parts = [f"{m.split()[0]} n = {', '.join(map(str, v))}" for m, v in ns.items() if v]
+        same = len({tuple(v) for v in ns.values() if v}) == 1
+        ax.set_title(f"{scheme} (n = {', '.join(map(str, next(iter(ns.values()))))})" if same
+                     else f"{scheme} ({'; '.join(parts)})", fontsize=10)
+        ax.set_xlabel("")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="x", rotation=20)
+        if ax is not axes[0][-1] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_eps(curves: dict[str, dict[str, Any]] | Sequence[dict[str, Any]], ax=None, title: str | None = None):
+    """Robust accuracy (%) against eps (in /255) with 95 % bands, one line per curve (``{label: curve}``)."""
+    plt = _plt()
+    if not isinstance(curves, dict):
+        curves = {c.get("label", f"model {i}"): c for i, c in enumerate(curves)}
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+    else:
+        fig = ax.figure
+    ns = set()
+    for label, c in curves.items():
+        x = [255 * e for e in c["eps"]]
+        y = [100 * v for v in c["ra"]]
+        lo = [100 * ci[0] for ci in c["ra_ci"]]
+        hi = [100 * ci[1] for ci in c["ra_ci"]]
+        (line,) = ax.plot(x, y, marker="o", label=label)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        ns.add(c["n"])
+    ax.set_xlabel("eps (x/255, L-inf)")
+    ax.set_ylabel("robust accuracy (%), PGD")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or f"accuracy vs attack strength (n = {', '.join(map(str, sorted(ns)))})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
