@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import gather_detached
 from .frequency import apply_mask, band_filter
 from .losses import multiview_contrastive_loss, pseudo_label_loss
 from .runtime import param_device, resolve_device
@@ -245,6 +246,10 @@ class ContrastivePGD(LinfPGD):
     the original's schedule costs ``steps`` extra anchor forward passes and, in train
     mode, moves the anchor route's running statistics ``steps`` times instead of once.
 
+    Under ``torchrun`` the loss is that of the global batch: the other ranks' embeddings enter
+    detached (:func:`~advcl_lite.distributed.gather_detached`), which gives this rank's images
+    exactly their gradient of the global loss.
+
     ``mode="train"`` is the original's setting (BN uses batch statistics during the
     attack and the attacked route's running statistics move at each step); ``"eval"``
     attacks with the running statistics. ``net`` is a
@@ -262,7 +267,7 @@ class ContrastivePGD(LinfPGD):
 
     def _embed_anchors(self, anchors):
         with torch.no_grad():
-            return [self.model(a, self.anchor_route) for a in anchors]
+            return [gather_detached(self.model(a, self.anchor_route)) for a in anchors]
 
     def _prepare(self, x, anchors=()):
         anchors = [a.detach() for a in anchors]
@@ -275,7 +280,7 @@ class ContrastivePGD(LinfPGD):
 
     def _objective(self, x_adv, ctx):
         z_anchor = self._embed_anchors(ctx["anchors"]) if self.recompute_anchors else ctx["z"]
-        return multiview_contrastive_loss([self.model(x_adv, self.route)] + z_anchor, self.temperature)
+        return multiview_contrastive_loss([gather_detached(self.model(x_adv, self.route))] + z_anchor, self.temperature)
 
     def settings(self):
         return {**super().settings(), "route": self.route, "anchor_route": self.anchor_route,
@@ -313,7 +318,8 @@ class PairPGD(LinfPGD):
         return (x + torch.cat(noise)).clamp(0, 1)
 
     def _objective(self, x_adv, ctx):
-        return multiview_contrastive_loss(list(self.model(x_adv, self.route).chunk(2)), self.temperature)
+        views = [gather_detached(z) for z in self.model(x_adv, self.route).chunk(2)]
+        return multiview_contrastive_loss(views, self.temperature)
 
     def settings(self):
         return {**super().settings(), "route": self.route, "temperature": self.temperature}

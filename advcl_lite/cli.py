@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import distributed
 from .checkpoint import CheckpointError, check_writable, write_json
 from .data import DataError, load_dataset
 from .evaluate import evaluate
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdvCL: a pseudo-label file from `advcl-lite pseudo-labels` (default: made from a SimCLR run)")
     p.add_argument("--no-pseudo-labels", action="store_true",
                    help="AdvCL without the pseudo-label term (an ablation; the paper's AdvCL has it)")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under torchrun: each process normalises its share of the batch on its own (default: "
+                        "the global batch's statistics, as the original's SyncBN)")
     p.add_argument("--recompute-anchors", action="store_true",
                    help="re-embed the clean views at every PGD step, as the original code (slower, same result)")
 
@@ -157,7 +161,10 @@ def cli_pretrain(args) -> int:
               f"--pseudo-labels FILE to use others, --no-pseudo-labels for the ablation)", flush=True)
     res = pretrain(args.method, p, out_dir=out, data=data, view=args.view, radius=args.radius,
                    pseudo_labels=pseudo, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors, labels_dir=labels_dir)
+                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors, labels_dir=labels_dir,
+                   sync_bn=args.sync_bn)
+    if not distributed.is_main():
+        return 0
     print(f"wrote {res.checkpoint} (epoch {res.meta['epoch']}/{p.epochs}, final loss {res.final_loss:.4f}, "
           f"{res.seconds:.0f}s; history in {Path(out) / 'history.json'})")
     return 0
@@ -236,7 +243,8 @@ def cli_finetune(args) -> int:
                "val": res.meta["val"], "best_epoch": res.best_epoch, "epochs": p.ft_epochs,
                "val_metrics": res.val, "selection": SELECTION_RULE, "seconds": res.seconds, "history": res.history}
     mpath = out / "metrics.json"
-    write_json(mpath, metrics)
+    if distributed.is_main():           # under torchrun: rank 0 writes
+        write_json(mpath, metrics)
     v = res.val
     ra = f", RA {v['val_ra']:.1%}" if "val_ra" in v else ""
     print(f"wrote {res.checkpoint} and {mpath}: {res.meta['scheme'].upper()} best epoch {res.best_epoch}/{p.ft_epochs}, "
@@ -280,10 +288,16 @@ def _run(args: argparse.Namespace) -> int:
     return handlers[args.command](args)
 
 
+def _rank_tag() -> str:
+    return f" (rank {os.environ['RANK']})" if distributed.launched() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Errors print one line (``ADVCL_DEBUG=1``: the full traceback instead)."""
     args = build_parser().parse_args(argv)
     debug = debug_enabled()
+    if distributed.launched() and os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")     # under torchrun rank 0 reports; every rank's errors still show
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -293,13 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if isinstance(e, (CheckpointError, DataError, ValueError, FileNotFoundError, RuntimeError)):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error{_rank_tag()}: {e}", file=sys.stderr)
         elif isinstance(e, OSError):
             print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; check the path and its "
                   f"permissions", file=sys.stderr)
         else:
             print(f"error: unexpected {type(e).__name__}: {e} (ADVCL_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()     # under torchrun: leave the process group (a failing rank's exit stops the others)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -102,10 +102,13 @@ class ImageDataset:
                             split or f"{self.split}[{len(idx)}]")
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu", drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                device: torch.device | str = "cpu", drop_last: bool = False,
+                part: slice | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y, index)`` batches with ``x`` float in [0, 1] on ``device``.
 
-        Batches come straight from the in-memory tensor (no DataLoader workers).
+        Batches come straight from the in-memory tensor (no DataLoader workers). ``part``: only that slice
+        of every batch (one rank's share of a global batch under ``torchrun``: every rank draws the same
+        permutation from the same generator, which plays the role of ``DistributedSampler.set_epoch``).
         """
         batch_size = check_count("batch_size", batch_size, allow_none=False)
         n = len(self)
@@ -115,6 +118,8 @@ class ImageDataset:
             idx = order[s:s + batch_size]
             if len(idx) == 0:
                 break
+            if part is not None:
+                idx = idx[part]
             x = self.images[idx].to(device, non_blocking=True).float().div_(255)
             yield x, self.labels[idx].to(device), idx
 

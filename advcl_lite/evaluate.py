@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from . import distributed
 from .attacks import EPS, PGD, check_attack_params, make_attack, model_mode
 from .data import ImageDataset, class_balanced_subset, load_dataset
 from .presets import check_count
@@ -119,8 +120,13 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
     ``ra_ci``, ``robust``, ``attack`` (its repr), ``max_linf`` (the largest L-inf
     perturbation the attack produced); ``seconds``, ``dataset``, ``eps``. RA <= SA by
     construction (see the module docstring).
+
+    Under ``torchrun`` every rank attacks every N-th batch and the counts are summed over the ranks, so
+    ``n`` and the intervals are those of the whole set on every rank (the random starts differ from a
+    single process's, each rank drawing its own).
     """
     dev = model_device(model, device)
+    world, rank = distributed.world_size(), distributed.rank()
     src, size, ident = _as_dataset(data, n, seed)
     hook = make_attack(model, attack, eps=eps, device=dev, seed=seed)
     t0 = time.perf_counter()
@@ -128,9 +134,11 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
     max_linf = 0.0
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     bar = progress_bar(_batches(src, batch_size, dev), total=math.ceil(size / batch_size), desc="evaluate",
-                       disable=not progress_enabled(progress) or hook is None)
-    with model_mode(model, "eval"), seeded(seed, dev):
-        for x, y in bar:
+                       disable=not progress_enabled(progress) or hook is None or not distributed.is_main())
+    with model_mode(model, "eval"), seeded(seed + 7919 * rank if world > 1 else seed, dev):
+        for i, (x, y) in enumerate(bar):
+            if i % world != rank:            # another rank's batch
+                continue
             with torch.no_grad():
                 pred = model(x).argmax(1)
                 ok = pred == y
@@ -149,6 +157,9 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
             if return_examples and len(kept) < return_examples:
                 for i in torch.nonzero(ok & ~ok_adv).flatten()[: return_examples - len(kept)]:
                     kept.append((x[i].cpu(), x_adv[i].cpu(), y[i].cpu()))
+    if world > 1:
+        correct, robust = (int(v) for v in distributed.all_reduce_sum(torch.tensor([correct, robust], device=dev)))
+        max_linf = max(distributed.all_gather_object(max_linf))
     out: dict[str, Any] = {"n": size, "correct": correct, "sa": correct / size if size else float("nan"),
                            "sa_ci": list(accuracy_ci(correct, size)), "dataset": ident, "eps": float(eps),
                            "attack": "none" if hook is None else repr(hook), "seed": seed}

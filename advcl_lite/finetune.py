@@ -44,6 +44,7 @@ object you pass is never modified.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -56,6 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .attacks import PGD, TradesPGD
 from .checkpoint import (CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside,
                          sha256_file, state_dict_sha256, write_json)
@@ -65,8 +67,7 @@ from .losses import NonFiniteLossError, trades_kl
 from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
                      to_channels_last)
 from .presets import Preset, get_preset
-from .runtime import (autocast, maybe_data_parallel, progress_bar, progress_enabled, resolve_device, seed_everything,
-                      unwrap)
+from .runtime import autocast, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
 from .views import crop_flip
 
 SCHEMES = ("slf", "alf", "aff")
@@ -240,7 +241,7 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
     if scheme not in SCHEMES:
         raise ValueError(f"unknown finetuning scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
-    dev = resolve_device(device)
+    dev = distributed.setup(resolve_device(device))
     enc, info = resolve_encoder(encoder, route)
     ds = load_split(data if data is not None else p.data, "train", image_size)
     check_image_size(ds, info.get("image_size"))
@@ -252,15 +253,22 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
                         f"use more images (ft_subset) or another val_fraction")
     if out_dir is None:
         return _finetune(enc, info, scheme, p, ds, train, val, data, None, dev, progress, image_size)
-    with run_lock(out_dir):                      # writable, and no second writer, before the work starts
+    with run_lock(out_dir) if distributed.is_main() else contextlib.nullcontext():   # one writer, before the work
         return _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size)
 
 
 def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size) -> FinetuneResult:
     """The training loop of :func:`finetune`, its arguments already checked."""
-    gen = seed_everything(p.seed)
+    gen = seed_everything(p.seed)       # the batches' order (the same on every rank) and, alone, the crops
+    world = distributed.world_size()
+    aug_gen = gen
+    if world > 1:                       # under torchrun each rank its own crops and attack starts
+        aug_gen = torch.Generator().manual_seed(p.seed + 1_000_003 * distributed.rank())
+        torch.manual_seed(p.seed + 1_000_003 * distributed.rank())
     model = Classifier(enc, ds.num_classes).to(dev)
     model = to_channels_last(model, p.channels_last)
+    if world > 1:
+        model = distributed.convert_sync_batchnorm(model)   # AFF trains BN: the global batch's statistics
     nhwc = is_channels_last(model)
     linear = scheme in ("slf", "alf")
     if linear:
@@ -272,14 +280,15 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
     opt = torch.optim.SGD(params, lr=lr, momentum=p.momentum, weight_decay=FT_WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(p.ft_epochs), gamma=0.1)
     scaler = torch.amp.GradScaler(dev.type, enabled=(p.amp == "fp16"))
-    net = maybe_data_parallel(model, dev)
-    attack = None
+    net = distributed.wrap(model, dev)
+    part = distributed.shard(bs) if world > 1 else None
+    attack = None                       # attacks run on the module itself, never through the DDP wrapper
     if scheme == "alf":
-        attack = PGD(net, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
+        attack = PGD(model, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
     elif scheme == "aff":
-        attack = TradesPGD(net, p.eps, p.alpha, p.ft_pgd_steps, mode="eval")
+        attack = TradesPGD(model, p.eps, p.alpha, p.ft_pgd_steps, mode="eval")
 
-    show = progress_enabled(progress)
+    show = progress_enabled(progress) and distributed.is_main()
     history: list[dict[str, Any]] = []
     best_key, best_epoch, best_val, best_state = None, 0, None, None
     t_run = time.perf_counter()
@@ -290,10 +299,10 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
         # SLF/ALF: the whole classifier stays in eval mode (frozen BN statistics); AFF trains everything
         net.train(not linear)
         t0, sums, seen, correct = time.perf_counter(), {}, 0, 0
-        bar = progress_bar(train.batches(bs, shuffle=True, generator=gen, device=dev, drop_last=True), total=steps,
-                           desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", progress=show)
+        bar = progress_bar(train.batches(bs, shuffle=True, generator=gen, device=dev, drop_last=True, part=part),
+                           total=steps, desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", progress=show)
         for x, y, _ in bar:
-            x = crop_flip(x, gen)
+            x = crop_flip(x, aug_gen)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(dev, p.amp):
@@ -330,8 +339,10 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
         sched.step()
         secs = time.perf_counter() - t0
         metrics = _val_metrics(model, val, scheme, p, dev, epoch)
-        rec = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
-               "train_acc": correct / max(seen, 1), "lr": lr_used, **metrics,
+        means = distributed.all_reduce_mean({**{k: v / max(seen, 1) for k, v in sums.items()},
+                                             "train_acc": correct / max(seen, 1)})      # over the ranks
+        seen *= world
+        rec = {"epoch": epoch, **means, "lr": lr_used, **metrics,
                "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
         history.append(rec)
         key = _score(scheme, metrics)
@@ -357,11 +368,14 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
             "best_epoch": best_epoch, "epochs": p.ft_epochs, "val_metrics": best_val,
             "selection": SELECTION_RULE, "seconds": seconds, "seed": p.seed}
     ckpt = None
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         out = Path(out_dir)
         ckpt = save_checkpoint(out / CHECKPOINT_NAME, kind="finetune", state_dict=unwrap(model).state_dict(),
                                meta=meta, history=json.dumps(history))
         write_json(out / "history.json", history)
+    if out_dir is not None:
+        ckpt = Path(out_dir) / CHECKPOINT_NAME
+    distributed.barrier()                 # the other ranks return once rank 0's files are there
     return FinetuneResult(model, ckpt, history, best_epoch, best_val, seconds, meta)
 
 
@@ -415,6 +429,8 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
                                       float(meta["seconds"]), meta, cached=True)
         except CheckpointError:
             pass
-        set_aside(path.parent, (path, path.parent / "history.json"))    # kept, never deleted
+        if distributed.is_main():
+            set_aside(path.parent, (path, path.parent / "history.json"))    # kept, never deleted
+        distributed.barrier()
     return finetune(encoder, scheme, p, data=data, out_dir=out_dir, device=device, progress=progress,
                     image_size=image_size, route=route)

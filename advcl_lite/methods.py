@@ -22,6 +22,12 @@ gets its own batch statistics (Fan et al. 2021, sections 3-4; ``pretraining_advC
   with 0.5 / 0.07 = 7.14 and lambda = 0.2. Ablations: ``view="lfc"`` (LFC instead of HFC),
   ``view="none"`` (no fourth view), ``use_pseudo=False`` (no L_PS), ``radius``.
 
+Under ``torchrun`` each rank holds B/N images; every contrastive loss is that of the global batch
+(:func:`~advcl_lite.distributed.gather`, whose backward sums the ranks' gradients), the pseudo-label
+loss is the mean over this rank's images (DDP's gradient average makes it the global mean), and with
+:class:`~advcl_lite.distributed.SyncedBatchNorm` one step on N ranks computes the step of one process on
+the whole batch (``tests/test_distributed.py``).
+
 The training loop, the optimisers and the runs are in :mod:`advcl_lite.pretrain`.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .attacks import ContrastivePGD, PairPGD, PseudoLabelPGD
+from .distributed import gather
 from .frequency import HighPass, LowPass
 from .losses import multiview_contrastive_loss, pseudo_label_loss
 from .models import METHODS, is_channels_last
@@ -52,6 +59,7 @@ class Method:
 
     def __init__(self, net: nn.Module, preset: Preset):
         self.net, self.p = net, preset
+        self.attack_net = unwrap(net)          # attacks run on the module itself, never through a DDP wrapper
         self.nhwc = preset.channels_last and is_channels_last(unwrap(net))   # batches follow the network's format
         self.augment = MultiView(simclr_view, simclr_view)
 
@@ -75,7 +83,7 @@ class SimCLR(Method):
     def __call__(self, x, g, targets=None):
         t1, t2 = self.views(x, g)
         z = self.net(torch.cat([t1, t2]), "normal")
-        return {"loss": multiview_contrastive_loss(list(z.chunk(2)), self.p.temperature)}
+        return {"loss": multiview_contrastive_loss([gather(v) for v in z.chunk(2)], self.p.temperature)}
 
 
 class ACL(Method):
@@ -84,7 +92,7 @@ class ACL(Method):
     def __init__(self, net: nn.Module, preset: Preset):
         super().__init__(net, preset)
         p = preset
-        self.attack = PairPGD(net, p.eps, p.alpha, p.pgd_steps, route="pgd", temperature=p.temperature,
+        self.attack = PairPGD(self.attack_net, p.eps, p.alpha, p.pgd_steps, route="pgd", temperature=p.temperature,
                               mode=ACL_ATTACK_MODE)
 
     def __call__(self, x, g, targets=None):
@@ -93,8 +101,8 @@ class ACL(Method):
         a1, a2 = self.attack(t1, t2)
         zc = self.net(torch.cat([t1, t2]), "normal")
         za = self.net(torch.cat([a1, a2]), "pgd")
-        lc = multiview_contrastive_loss(list(zc.chunk(2)), tau)
-        la = multiview_contrastive_loss(list(za.chunk(2)), tau)
+        lc = multiview_contrastive_loss([gather(v) for v in zc.chunk(2)], tau)
+        la = multiview_contrastive_loss([gather(v) for v in za.chunk(2)], tau)
         return {"loss": 0.5 * (lc + la), "loss_clean": lc, "loss_adv": la}
 
     def __repr__(self) -> str:
@@ -113,10 +121,10 @@ class AdvCL(Method):
         self.augment = MultiView(simclr_view, simclr_view, crop_flip)
         self.view_fn = {"hfc": HighPass(radius), "lfc": LowPass(radius), "none": None}[view]
         self.use_pseudo = bool(use_pseudo)
-        self.cl_attack = ContrastivePGD(net, p.eps, p.alpha, p.pgd_steps, route="pgd", anchor_route="normal",
+        self.cl_attack = ContrastivePGD(self.attack_net, p.eps, p.alpha, p.pgd_steps, route="pgd", anchor_route="normal",
                                         temperature=p.temperature, recompute_anchors=recompute_anchors,
                                         mode=p.attack_mode)
-        self.ce_attack = PseudoLabelPGD(net, p.eps, p.alpha, p.pgd_steps, route="pgd_ce", mode=p.attack_mode)
+        self.ce_attack = PseudoLabelPGD(self.attack_net, p.eps, p.alpha, p.pgd_steps, route="pgd_ce", mode=p.attack_mode)
 
     def fourth_view(self, o: torch.Tensor) -> list[torch.Tensor]:
         """``[h]`` with h = HFC(o) (or LFC(o)); ``[]`` for the ablation without a fourth view."""
@@ -127,7 +135,7 @@ class AdvCL(Method):
         depend on the order of the views."""
         net = self.net
         views = [net(t1, "normal"), net(t2, "normal"), net(x_cl, "pgd")] + [net(v, "normal") for v in h]
-        return multiview_contrastive_loss(views, self.p.temperature)
+        return multiview_contrastive_loss([gather(v) for v in views], self.p.temperature)
 
     def __call__(self, x, g, targets=None):
         p = self.p

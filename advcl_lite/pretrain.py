@@ -25,6 +25,7 @@ else train").
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import distributed
 from .checkpoint import (CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint,
                          set_aside, write_json)
 from .data import ImageDataset, class_balanced_subset, load_dataset
@@ -45,8 +47,7 @@ from .models import METHODS, ContrastiveNet, build_net, load_pretrained, to_chan
 from .optim import LARS, lr_factor
 from .presets import Preset, get_preset
 from .pseudo_labels import PseudoLabels, get_or_make_pseudo_labels
-from .runtime import (autocast, maybe_data_parallel, progress_bar, progress_enabled, resolve_device, seed_everything,
-                      unwrap)
+from .runtime import autocast, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
 
 
 @dataclass
@@ -186,10 +187,11 @@ def auto_pseudo_labels(preset: Preset, ds: ImageDataset, work_dir: str | os.Path
                          f"another configuration ({diff}); make labels from it with `advcl-lite pseudo-labels "
                          f"--encoder {final}` and pass --pseudo-labels FILE, or use another --out / work_dir")
     simclr = get_or_train("simclr", preset, work_dir, data=ds, device=device, progress=progress)
-    return get_or_make_pseudo_labels(Path(work_dir) / "pseudo_labels" / "simclr.pt", simclr.checkpoint, ds,
-                                     ks=preset.pseudo_ks, seed=preset.seed, device=device, progress=progress,
-                                     encoder_name=f"simclr ({preset.name} preset, seed {preset.seed})",
-                                     warn_dropped=False)   # the preset documents the drop of K > N/2
+    with distributed.main_first():          # under torchrun rank 0 makes the labels, the others then load them
+        return get_or_make_pseudo_labels(Path(work_dir) / "pseudo_labels" / "simclr.pt", simclr.checkpoint, ds,
+                                         ks=preset.pseudo_ks, seed=preset.seed, device=device, progress=progress,
+                                         encoder_name=f"simclr ({preset.name} preset, seed {preset.seed})",
+                                         warn_dropped=False)   # the preset documents the drop of K > N/2
 
 
 def _resolve(method, preset, data, view, radius, pseudo_labels, overrides, labels_dir=None, device=None,
@@ -237,7 +239,7 @@ def _all_finite(net: nn.Module) -> bool:
 def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.PathLike, data=None,
              view: str = "hfc", radius: float | None = None, pseudo_labels="auto", resume: bool = True,
              device=None, progress: bool | None = None, recompute_anchors: bool = False,
-             max_epochs: int | None = None, labels_dir: str | os.PathLike | None = None,
+             max_epochs: int | None = None, labels_dir: str | os.PathLike | None = None, sync_bn: bool = True,
              **overrides) -> PretrainResult:
     """Pretrain ``method`` ("simclr", "acl", "advcl") at ``preset`` into ``out_dir``.
 
@@ -250,29 +252,44 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     configuration must match). ``recompute_anchors``: re-embed the clean views at every attack
     step as the original code (same result, slower). ``max_epochs`` stops after that many
     epochs in total (an interruption that :func:`pretrain` can resume).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is one DistributedDataParallel training: each rank takes
+    its share of every global batch (``preset.batch_size``, which must divide by the number of processes;
+    the learning rate stays that of the global batch), draws its own views and attack starts, and
+    ``sync_bn`` (default, as the original's Apex SyncBN) normalises with the global batch's statistics, so
+    a step computes what one process computes on the whole batch; ``sync_bn=False`` normalises each rank's
+    share on its own. Only rank 0 writes checkpoints, the history and progress bars.
     """
     radius_arg = radius
+    device = distributed.setup(resolve_device(device))   # under torchrun: join the process group first
     out_dir = check_writable(out_dir, "run folder")   # before any work, pseudo-labels included
     preset, ds, radius, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides,
                                               labels_dir or out_dir / "pseudo-labels", device, progress)
     if max_epochs is not None and max_epochs < 0:
         raise ValueError(f"max_epochs must be >= 0, got {max_epochs}")
-    device = resolve_device(device)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     pseudo_ks = tuple(pl.ks) if pl is not None else ()
     name = run_name(method, view, pl is not None, radius_arg)
 
-    gen = seed_everything(preset.seed)
+    gen = seed_everything(preset.seed)      # the batches' order (the same on every rank) and, alone, the views
     net = build_net(method, preset.base_width, pseudo_ks, head_of(method, preset)).to(device)
     net = to_channels_last(net, preset.channels_last)
+    if world > 1 and sync_bn:
+        net = distributed.convert_sync_batchnorm(net)
     opt = make_optimizer(method, net, preset)
     bs = min(preset.batch_size, len(ds))
+    part = distributed.shard(bs) if world > 1 else None
+    view_gen = gen
+    if world > 1:                            # each rank its own views and attack starts
+        view_gen = torch.Generator().manual_seed(preset.seed + 1_000_003 * rank)
+        torch.manual_seed(preset.seed + 1_000_003 * rank)
     steps_per_epoch = ds.num_batches(bs, drop_last=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(method, preset, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=(preset.amp == "fp16"))
     history: list[dict[str, Any]] = []
     start_epoch = 0
 
-    with run_lock(out_dir):
+    with run_lock(out_dir) if main else contextlib.nullcontext():
         last = out_dir / "last.pt"
         if resume and last.exists():
             try:
@@ -294,12 +311,16 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
             gen.set_state(ck["rng_data"].cpu())
             if device.type == "cuda" and "rng_cuda" in ck:
                 torch.cuda.set_rng_state(ck["rng_cuda"].cpu(), device)
+            ranks = json.loads(ck.get("rng_ranks", "[]"))
+            if world > 1 and len(ranks) == world:           # the same processes again: each its own streams
+                torch.set_rng_state(torch.tensor(ranks[rank]["cpu"], dtype=torch.uint8))
+                view_gen.set_state(torch.tensor(ranks[rank]["views"], dtype=torch.uint8))
             history = json.loads(ck["history"])
             start_epoch = int(ck["meta"]["epoch"])
         # a finished run of an earlier start keeps its final.pt until this run finishes and replaces it
         wrote_last = start_epoch > 0            # last.pt belongs to this run's lineage only once resumed or written
 
-        model = maybe_data_parallel(net, device)
+        model = distributed.wrap(net, device)
         step = make_step(method, model, preset, view, radius, pl is not None, recompute_anchors)
         meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
                      "head": net.head_type,
@@ -307,35 +328,42 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
                      "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size, "run_name": name,
                      "view": view if method == "advcl" else None, "radius": radius if method == "advcl" else None,
                      "preset_name": preset.name, "preset": preset.to_dict(), "recompute_anchors": bool(recompute_anchors),
-                     "device": str(device), "torch": str(torch.__version__)}
+                     "device": str(device), "torch": str(torch.__version__), "world_size": world,
+                     "sync_bn": bool(sync_bn and world > 1)}
 
         def save(path: Path, epoch: int) -> None:
-            if not _all_finite(net):
+            if not _all_finite(net):            # the weights are the same on every rank: every rank stops
                 raise NonFiniteLossError(
                     f"the weights of {name} became non-finite (NaN/inf) during epoch {epoch}; nothing was written, "
                     f"{_kept(last, wrote_last)}. "
                     f"Lower lr (now {preset.lr}) or use amp='none'.")
+            ranks = distributed.all_gather_object({"cpu": torch.get_rng_state().tolist(),
+                                                   "views": view_gen.get_state().tolist()}) if world > 1 else []
+            if not main:
+                return
             extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
                      "rng_data": gen.get_state(), "history": json.dumps(history)}
             if scaler.is_enabled():
                 extra["scaler"] = scaler.state_dict()
             if device.type == "cuda":
                 extra["rng_cuda"] = torch.cuda.get_rng_state(device)
+            if ranks:
+                extra["rng_ranks"] = json.dumps(ranks)
             save_checkpoint(path, kind="pretrain", state_dict=unwrap(net).state_dict(),
                             meta={**meta_base, "epoch": epoch}, **extra)
 
-        show = progress_enabled(progress)
+        show = progress_enabled(progress) and main
         end_epoch = preset.epochs if max_epochs is None else min(preset.epochs, max_epochs)
         t_run = time.perf_counter()
         for epoch in range(start_epoch, end_epoch):
             model.train()
             t0, sums, seen, lr_used = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
-            bar = progress_bar(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True),
+            bar = progress_bar(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True, part=part),
                                total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{preset.epochs}", progress=show)
             for x, _, idx in bar:
                 targets = pl.targets(idx, device) if pl is not None else None
                 with autocast(device, preset.amp):
-                    losses = step(x, gen, targets)
+                    losses = step(x, view_gen, targets)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
                     parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
@@ -355,8 +383,9 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
             bar.close()
             secs = time.perf_counter() - t0
-            rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
-                   "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
+            means = distributed.all_reduce_mean({k: v / max(seen, 1) for k, v in sums.items()})   # over the ranks
+            seen *= world
+            rec = {"epoch": epoch + 1, **means, "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
             history.append(rec)
             if show:
                 print(f"[{name}] epoch {epoch + 1}/{preset.epochs} loss {rec['loss']:.4f} "
@@ -364,11 +393,13 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
             if (epoch + 1) % preset.ckpt_every == 0 or epoch + 1 in (preset.epochs, end_epoch):
                 save(last, epoch + 1)
                 wrote_last = True
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / "history.json", history)
+            if main:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_json(out_dir / "history.json", history)
         done = len(history) >= preset.epochs
         if done:
             save(out_dir / "final.pt", preset.epochs)
+        distributed.barrier()                 # the other ranks return once rank 0's files are there
         meta = {**meta_base, "epoch": len(history)}
         return PretrainResult(out_dir / ("final.pt" if done else "last.pt"), history, unwrap(net).eval(), meta,
                               seconds=time.perf_counter() - t_run)
@@ -390,21 +421,25 @@ def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike,
     never deleted; a corrupt ``final.pt`` is moved there too). ``<name>`` is :func:`run_name` (method, view,
     pseudo-labels, radius). AdvCL's default pseudo-labels come from ``work_dir``'s SimCLR run
     (:func:`auto_pseudo_labels`); ``pseudo_labels=False`` trains AdvCL without them."""
+    device = distributed.setup(resolve_device(device))   # under torchrun: join the process group first
     p, ds, r, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides, work_dir,
                                     device, progress)
     out = Path(work_dir) / "pretrain" / run_name(method, view, pl is not None, radius)
     final, last = out / "final.pt", out / "last.pt"
-    if final.exists() and _stored_config(final) == config:
+    # under torchrun rank 0 decides and moves files; every rank then trains (or loads) together
+    if distributed.broadcast_object(final.exists() and _stored_config(final) == config):
         try:
             net, meta = load_pretrained(final, device)
             return PretrainResult(final, meta["history"], net, meta, cached=True)
         except CheckpointError:
             pass
     out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):                      # a live writer of this folder is refused before anything moves
-        if final.exists():
+    main = distributed.is_main()
+    with run_lock(out) if main else contextlib.nullcontext():   # a live writer is refused before anything moves
+        if main and final.exists():
             set_aside(out, (final, last, out / "history.json"))
-        elif last.exists() and _stored_config(last) != config:
+        elif main and last.exists() and _stored_config(last) != config:
             set_aside(out, (last, out / "history.json"))
+        distributed.barrier()
         return pretrain(method, p, out_dir=out, data=ds, view=view, radius=radius,
                         pseudo_labels=pl if pl is not None else False, device=device, progress=progress)

@@ -59,16 +59,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def maybe_data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Wrap ``model`` in DataParallel when several CUDA devices are visible.
-
-    Checkpoints always store the unwrapped module (see :func:`unwrap`).
-    """
-    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        return torch.nn.DataParallel(model)
-    return model
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DataParallel/DistributedDataParallel wrapper."""
     return getattr(model, "module", model)

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "advcl_lite"
 # modules, such as viz/) is one unit on one layer: its modules import each other freely (`from .x`)
 # and the rest of the package only downwards (`from ..x`).
 LAYERS = [
-    ("runtime", "presets", "frequency", "losses", "optim"),
+    ("runtime", "presets", "frequency", "losses", "optim", "distributed"),
     ("checkpoint", "data", "views"),
     ("models", "attacks"),
     ("pseudo_labels", "evaluate", "results", "spectra", "pretrained", "methods"),
