@@ -113,8 +113,9 @@ class AdvCL(Method):
     name, eval_route = "advcl", "pgd"
 
     def __init__(self, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
-                 use_pseudo: bool = False, recompute_anchors: bool = False):
+                 use_pseudo: bool = False, recompute_anchors: bool = False, batched: bool = False):
         super().__init__(net, preset)
+        self.batched = bool(batched)    # the update's views in one batched forward (same math, see models)
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
         p = preset
@@ -143,11 +144,19 @@ class AdvCL(Method):
         h = self.fourth_view(o)
         x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
         x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
-        l_cl = self.contrastive_loss(t1, t2, x_cl, h)
+        if self.batched:        # one forward of every view of the update (x_ce included)
+            extra = [x_ce] if self.use_pseudo else []
+            outs = self.net([t1, t2, x_cl] + h + extra, ["normal", "normal", "pgd"] + ["normal"] * len(h)
+                            + ["pgd_ce"] * len(extra), ["z"] * (3 + len(h)) + ["pseudo"] * len(extra))
+            l_cl = multiview_contrastive_loss([gather(v) for v in outs[:3 + len(h)]], p.temperature)
+            pseudo_logits = outs[-1] if extra else None
+        else:
+            l_cl = self.contrastive_loss(t1, t2, x_cl, h)
+            pseudo_logits = self.net(x_ce, "pgd_ce", output="pseudo") if self.use_pseudo else None
         # the original's SupConLoss multiplies L_CL by temperature / base_temperature (0.5 / 0.07)
         out = {"loss": (p.temperature / p.base_temperature) * l_cl, "loss_cl": l_cl}
         if self.use_pseudo:
-            l_ps = pseudo_label_loss(self.net(x_ce, "pgd_ce", output="pseudo"), targets)
+            l_ps = pseudo_label_loss(pseudo_logits, targets)
             out["loss"] = out["loss"] + p.pseudo_lambda * l_ps
             out["loss_ps"] = l_ps
         return out
@@ -162,12 +171,12 @@ EVAL_ROUTE = {name: c.eval_route for name, c in METHOD_CLASSES.items()}
 
 
 def make_step(method: str, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
-              use_pseudo: bool = False, recompute_anchors: bool = False) -> Method:
+              use_pseudo: bool = False, recompute_anchors: bool = False, batched: bool = False) -> Method:
     """The step of ``method`` on ``net`` (the view, radius and pseudo-label settings are AdvCL's only)."""
     if method not in METHOD_CLASSES:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
     if method == "advcl":
-        return AdvCL(net, preset, view, radius, use_pseudo, recompute_anchors)
+        return AdvCL(net, preset, view, radius, use_pseudo, recompute_anchors, batched)
     return METHOD_CLASSES[method](net, preset)

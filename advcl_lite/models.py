@@ -25,7 +25,11 @@ ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "
 
 
 class RoutedBatchNorm2d(nn.Module):
-    """One BatchNorm2d per route; ``self.route`` selects which one runs."""
+    """One BatchNorm2d per route; ``self.route`` selects which one runs.
+
+    ``self.chunks = [(route, n), ...]`` (set by :meth:`ResNet18.features_of_views`) normalises consecutive
+    chunks of the batch each with its own route and its own batch statistics, exactly as separate forwards
+    of the chunks would (the running statistics of each route are updated once per chunk, in order)."""
 
     bn_class = nn.BatchNorm2d
 
@@ -33,9 +37,13 @@ class RoutedBatchNorm2d(nn.Module):
         super().__init__()
         self.bns = nn.ModuleDict({r: self.bn_class(num_features) for r in routes})
         self.route = routes[0]
+        self.chunks: list[tuple[str, int]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bns[self.route](x)
+        if self.chunks is None:
+            return self.bns[self.route](x)
+        parts = x.split([n for _, n in self.chunks])
+        return torch.cat([self.bns[r](part) for (r, _), part in zip(self.chunks, parts)])
 
 
 class RoutedBatchNorm1d(RoutedBatchNorm2d):
@@ -105,6 +113,28 @@ class ResNet18(nn.Module):
     def features(self, x: torch.Tensor, route: str | None = None) -> torch.Tensor:
         if self.routes is not None:
             self.set_route(route or self.routes[0])
+        return self._features(x)
+
+    def features_of_views(self, views: list[torch.Tensor], routes: list[str]) -> list[torch.Tensor]:
+        """The features of several views, each through its own route, with the convolutions run once on their
+        concatenation; every BatchNorm normalises each view's chunk with that view's route and batch
+        statistics, so the result equals ``[self.features(v, r) for v, r in zip(views, routes)]``."""
+        if self.routes is None or len(views) != len(routes):
+            raise ValueError("features_of_views needs a network with BN routes and one route per view")
+        for r in routes:
+            if r not in self.routes:
+                raise ValueError(f"unknown BN route {r!r}; this network has routes {self.routes}")
+        sizes = [len(v) for v in views]
+        bns = [m for m in self.modules() if isinstance(m, RoutedBatchNorm2d)]
+        for m in bns:
+            m.chunks = list(zip(routes, sizes))
+        try:
+            return list(self._features(torch.cat(views)).split(sizes))
+        finally:
+            for m in bns:
+                m.chunks = None
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
@@ -174,11 +204,21 @@ class ContrastiveNet(nn.Module):
     def features(self, x: torch.Tensor, route: str) -> torch.Tensor:
         return self.backbone.features(x, route)
 
-    def forward(self, x: torch.Tensor, route: str = "normal", output: str = "z"):
+    def forward(self, x, route="normal", output="z"):
         """Through BN route ``route``: ``output="z"`` gives the normalised projection (N, proj_dim);
         ``"pseudo"`` the list of pseudo-label logits, one (N, K) per head. (Both go through
-        ``forward`` so that a DataParallel wrapper splits the batch for either.)"""
-        f = self.backbone.features(x, route)
+        ``forward`` so that a DDP wrapper sees every forward.)
+
+        Several views at once: ``x`` a list of batches, ``route`` and ``output`` lists of the same length;
+        returns the list of their outputs, equal to separate forwards (the backbone runs once on the
+        concatenation, see :meth:`ResNet18.features_of_views`; the heads run per view)."""
+        if isinstance(x, (list, tuple)):
+            outputs = list(output) if isinstance(output, (list, tuple)) else [output] * len(x)
+            feats = self.backbone.features_of_views(list(x), list(route))
+            return [self._head(f, r, o) for f, r, o in zip(feats, route, outputs)]
+        return self._head(self.backbone.features(x, route), route, output)
+
+    def _head(self, f: torch.Tensor, route: str, output: str):
         if output == "z":
             return self.head(f, route)
         if output == "pseudo":

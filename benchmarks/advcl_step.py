@@ -1,4 +1,4 @@
-"""Throughput of one AdvCL training step on the CPU: anchors embedded once per batch vs the original's schedule.
+"""Throughput of one AdvCL training step on the CPU: the original's schedule, advcl_lite's, and one batched forward.
 
 One step is what ``advcl_lite.pretrain`` does per batch with AdvCL (no pseudo-labels):
 views t1, t2, o, h = HFC(o); x_cl = PGD-5 on the 4-view contrastive loss from o
@@ -6,11 +6,13 @@ against the clean anchors [t1, t2, h], the network in train mode as the original
 the 4-view loss through the ``normal``/``pgd`` routes; backward; SGD step. fp32,
 channels_last, ``--threads`` torch threads (2 by default).
 
-Two anchor schedules, timed in the same run on the same inputs:
+Three schedules, timed in the same run on the same inputs, all with the same mathematics:
 
-* ``once``: advcl_lite's default, the clean anchors are embedded once per batch;
-* ``every step``: ``recompute_anchors=True``, the original code's schedule, re-embedding
-  them at every attack step (same perturbation, more forward passes).
+* ``original``: ``recompute_anchors=True``, the original code's schedule, re-embedding the clean
+  anchors at every attack step, and one forward per view in the update;
+* ``once``: advcl_lite's default, the clean anchors embedded once per batch, one forward per view;
+* ``batched``: anchors once, and the update's four views in one batched forward (``AdvCL(batched=True)``:
+  the convolutions run once on the concatenation, every BN normalises each view's chunk on its own route).
 
 Per width, one subprocess times both schedules with their steps alternating (so a
 changing CPU load hits both alike), and each (width, schedule) then runs alone in its
@@ -34,7 +36,10 @@ import sys
 import time
 
 
-def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
+SCHEDULES = ("original", "once", "batched")
+
+
+def _setup(width: int, batch: int, threads: int, pgd: int, schedules):
     import torch
 
     torch.set_num_threads(threads)
@@ -48,11 +53,12 @@ def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
                    amp="none", channels_last=True)
     x = load_sample("train").tensors(batch)[0].contiguous(memory_format=torch.channels_last)
     runners = {}
-    for recompute in recompute_list:
+    for schedule in schedules:
         torch.manual_seed(0)
         net = to_channels_last(build_net("advcl", width), True).train()
         opt = torch.optim.SGD(net.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
-        step = AdvCL(net, P, "hfc", 8.0, use_pseudo=False, recompute_anchors=recompute)
+        step = AdvCL(net, P, "hfc", 8.0, use_pseudo=False, recompute_anchors=schedule == "original",
+                     batched=schedule == "batched")
         g = torch.Generator().manual_seed(0)
 
         def one(step=step, opt=opt, g=g) -> float:
@@ -62,7 +68,7 @@ def _setup(width: int, batch: int, threads: int, pgd: int, recompute_list):
             loss.backward()
             opt.step()
             return time.perf_counter() - t0
-        runners[recompute] = one
+        runners[schedule] = one
     return runners, str(torch.__version__)
 
 
@@ -72,22 +78,23 @@ def _rss_mib() -> float:
 
 
 def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int) -> dict:
-    """Both schedules in one process, their steps alternating, so a changing CPU load hits both alike."""
-    runners, version = _setup(width, batch, threads, pgd, (False, True))
-    times = {False: [], True: []}
+    """The schedules in one process, their steps alternating (order rotated), so a changing CPU load hits all alike."""
+    runners, version = _setup(width, batch, threads, pgd, SCHEDULES)
+    times = {k: [] for k in SCHEDULES}
     for i in range(warmup + steps):
-        for recompute in ((False, True) if i % 2 == 0 else (True, False)):
-            dt = runners[recompute]()
+        order = SCHEDULES[i % 3:] + SCHEDULES[:i % 3]
+        for schedule in order:
+            dt = runners[schedule]()
             if i >= warmup:
-                times[recompute].append(dt)
-    return {"times": {str(k): v for k, v in times.items()}, "torch": version}
+                times[schedule].append(dt)
+    return {"times": times, "torch": version}
 
 
-def child_mem(width: int, batch: int, recompute: bool, threads: int, pgd: int) -> dict:
+def child_mem(width: int, batch: int, schedule: str, threads: int, pgd: int) -> dict:
     """Peak resident memory of one configuration alone: set-up, then one step."""
-    runners, _ = _setup(width, batch, threads, pgd, (recompute,))
+    runners, _ = _setup(width, batch, threads, pgd, (schedule,))
     before = _rss_mib()
-    runners[recompute]()
+    runners[schedule]()
     return {"rss_setup_mib": before, "peak_rss_mib": _rss_mib()}
 
 
@@ -123,35 +130,34 @@ def main(argv=None) -> int:
         timed = _child(args, "time", warmup=args.warmup, steps=args.steps, **common)
         version = timed["torch"]
         med = {}
-        for recompute in (False, True):
-            t = timed["times"][str(recompute)]
-            mem = _child(args, "mem", recompute=recompute, **common)
-            med[recompute] = min(t)          # other processes only ever add time: the fastest step is the estimate
-            rows.append({**common, "recompute": recompute, "median_s": statistics.median(t), "min_s": min(t),
+        for schedule in SCHEDULES:
+            t = timed["times"][schedule]
+            mem = _child(args, "mem", schedule=schedule, **common)
+            med[schedule] = min(t)          # other processes only ever add time: the fastest step is the estimate
+            rows.append({**common, "schedule": schedule, "median_s": statistics.median(t), "min_s": min(t),
                          "max_s": max(t), "images_per_s": batch / min(t), **mem})
-            print(f"width {width} batch {batch} anchors {'every step' if recompute else 'once'}: "
-                  f"fastest {med[recompute]:.2f}s/step, peak {mem['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
-        ratios[width] = med[True] / med[False]
+            print(f"width {width} batch {batch} {schedule}: fastest {med[schedule]:.2f}s/step, "
+                  f"peak {mem['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        ratios[width] = {k: med["original"] / med[k] for k in SCHEDULES}
     load1 = os.getloadavg()
 
     print(f"\nOne AdvCL training step (PGD-{args.pgd} in train mode, 4 views, fp32, channels_last, "
           f"{args.threads} torch threads) on {platform.processor() or platform.machine()} "
           f"({os.cpu_count()} logical CPUs), torch {version}. Fastest of {args.steps} timed steps after "
           f"{args.warmup} warm-up (other processes only add time), median beside it; "
-          f"the two schedules alternate step by step in one process. Peak RSS: each "
+          f"the three schedules alternate step by step in one process. Peak RSS: each "
           f"configuration alone in its own process (set-up + 1 step); 'of which the step' is the peak "
           f"minus the RSS after set-up (torch, the data and the model).")
-    print("\n| encoder | batch | clean anchors embedded | s / step, fastest (median, slowest) | images / s (fastest) | peak RSS (MiB) "
-          "| of which the step (MiB) |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    names = {"original": "original (anchors every attack step, a forward per view)",
+             "once": "advcl_lite (anchors once, a forward per view)",
+             "batched": "batched (anchors once, one forward of the update's views)"}
+    print("\n| encoder | batch | schedule | s / step, fastest (median, slowest) | images / s (fastest) "
+          "| speed vs original | peak RSS (MiB) | of which the step (MiB) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        sched = "every attack step (original)" if r["recompute"] else "once per batch (advcl_lite)"
-        print(f"| width {r['width']} | {r['batch']} | {sched} | {r['min_s']:.2f} ({r['median_s']:.2f}, {r['max_s']:.2f}) "
-              f"| {r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_setup_mib']:.0f} |")
-    print()
-    for width, ratio in ratios.items():
-        print(f"width {width}: the original's schedule takes {ratio:.2f}x the time of once-per-batch anchors "
-              f"(fastest steps)")
+        print(f"| width {r['width']} | {r['batch']} | {names[r['schedule']]} | {r['min_s']:.2f} ({r['median_s']:.2f}, "
+              f"{r['max_s']:.2f}) | {r['images_per_s']:.1f} | {ratios[r['width']][r['schedule']]:.2f}x "
+              f"| {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_setup_mib']:.0f} |")
     print(f"\nload average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after, on {os.cpu_count()} logical CPUs; "
           f"a load above the core count means other processes competed for the CPU and the absolute "
           f"times are inflated. {time.perf_counter() - t_all:.0f}s in all.")

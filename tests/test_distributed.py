@@ -124,8 +124,8 @@ def _step(method: str, net, part: slice):
 
 
 def _build(method: str):
-    # float64: a width-4 network at initialisation is so ill-conditioned that two float32 computations of the
-    # same step (one process, two orders of summation) differ by more than the gradients themselves; in
+    # float64: a width-4 network at initialisation is so ill-conditioned that one process's float32 step already
+    # differs from its float64 step by more than 100 % in some BN gradients (BENCHMARKS.md, section 3); in
     # float64 the comparison tests the mathematics (to 1e-6: the pseudo-label CE is computed in float32)
     torch.manual_seed(0)
     net = build_net(method, 4, KS if method == "advcl" else (), head="acl" if method == "acl" else "advcl")

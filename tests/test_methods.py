@@ -128,3 +128,40 @@ def test_advcl_draws_t1_t2_then_o_from_one_generator(sample):
     g = torch.Generator().manual_seed(7)
     want = [simclr_view(x, g), simclr_view(x, g), crop_flip(x, g)]
     assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def _grads(net):
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("view, ks", [("hfc", ()), ("hfc", (2, 5)), ("none", ())])
+def test_batched_update_forward_equals_separate_forwards(sample, view, ks):
+    """One backbone pass over the update's views, each BN chunk on its own route: the same losses, gradients
+    and running statistics as a forward per view (the original's)."""
+    x = sample.tensors(8)[0]
+    targets = [torch.randint(0, k, (8,), generator=torch.Generator().manual_seed(k)) for k in ks] or None
+    P = get_preset("smoke", base_width=4, pgd_steps=2, channels_last=False)
+    out, grads, states = {}, {}, {}
+    for batched in (False, True):
+        torch.manual_seed(0)
+        net = build_net("advcl", 4, ks).train()
+        step = AdvCL(net, P, view=view, use_pseudo=bool(ks), batched=batched)
+        torch.manual_seed(1)
+        out[batched] = step(x, torch.Generator().manual_seed(0), targets)
+        out[batched]["loss"].backward()
+        grads[batched], states[batched] = _grads(net), net.state_dict()
+    assert out[True].keys() == out[False].keys()
+    for k in out[False]:
+        torch.testing.assert_close(out[True][k], out[False][k], rtol=1e-5, atol=1e-6)
+    assert grads[True].keys() == grads[False].keys()
+    for k in grads[False]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    for k, v in states[False].items():
+        torch.testing.assert_close(states[True][k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+def test_views_forward_refuses_a_route_the_network_lacks():
+    net = build_net("advcl", 4)
+    with pytest.raises(ValueError, match="unknown BN route 'pgd_ce'"):
+        net([torch.rand(2, 3, 8, 8)] * 2, ["normal", "pgd_ce"])
+    assert all(m.chunks is None for m in net.modules() if isinstance(m, RoutedBatchNorm2d))
