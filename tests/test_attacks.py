@@ -1,11 +1,12 @@
-"""PGD attacks: they raise their objective, stay in the eps-ball and [0, 1], restore modes, fail clearly."""
+"""Attacks (PGD family, band-limited PGD): they raise their objective, stay in the eps-ball and [0, 1], restore modes, fail clearly."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advcl_lite.attacks import PGD, Attack, ContrastivePGD, PairPGD, PseudoLabelPGD, TradesPGD, model_mode
-from advcl_lite.frequency import high_pass
+from advcl_lite.attacks import (PGD, Attack, BandLimitedPGD, ContrastivePGD, PairPGD, PseudoLabelPGD, TradesPGD,
+                                model_mode)
+from advcl_lite.frequency import high_pass, out_of_band_fraction
 from advcl_lite.losses import multiview_contrastive_loss, pseudo_label_loss
 from advcl_lite.models import ContrastiveNet
 
@@ -276,3 +277,60 @@ def test_trades_pgd_stays_in_the_ball_and_raises_the_kl():
         p = F.softmax(model(x), 1)
         kl = F.kl_div(F.log_softmax(model(x_adv), 1), p, reduction="batchmean").item()
     assert kl > 1e-4
+
+
+# --------------------------------------------------------------------------- band-limited PGD
+
+def _tiny_convnet(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                         nn.Linear(64, 10)).eval()
+
+
+def _images_with_saturated_pixels(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    x[:, :, :4] = 1.0
+    x[:, :, -4:] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("band", ["low", "high", (4, 12)])
+def test_band_limited_pgd_stays_in_the_ball_the_box_and_near_the_band(band):
+    net = _tiny_convnet()
+    x = _images_with_saturated_pixels()
+    y = torch.arange(len(x)) % 10
+    eps = 8 / 255
+    x_adv = BandLimitedPGD(net, eps, 2 / 255, 5, band=band, radius=8)(x, y)
+    delta = x_adv - x
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert delta.abs().max() <= eps + 1e-6
+    assert delta.abs().max() > 0.5 * eps                         # it does move
+    leak = out_of_band_fraction(delta, band, 8)
+    assert leak.max() < 1e-3, leak.max()                         # clipping leaves little outside the band
+    once = BandLimitedPGD(net, eps, 2 / 255, 5, band=band, radius=8, refine=1)(x, y) - x
+    assert out_of_band_fraction(once, band, 8).mean() > 3 * leak.mean()   # the alternating projections help
+    # without the perturbation being projected, a plain PGD delta is far from band-limited
+    plain = PGD(net, eps, 2 / 255, 5)(x, y) - x
+    assert out_of_band_fraction(plain, band, 8).mean() > 5 * leak.mean()
+
+
+def test_low_band_projection_alone_is_exactly_low_pass():
+    # with an eps too large to clip and images far from the box, the projection is the filter itself
+    net = _tiny_convnet()
+    x = torch.full((4, 3, 32, 32), 0.5)
+    y = torch.zeros(4, dtype=torch.long)
+    delta = BandLimitedPGD(net, eps=0.45, alpha=0.01, steps=3, band="low", radius=8)(x, y) - x
+    assert delta.abs().max() < 0.45
+    assert out_of_band_fraction(delta, "low", 8).max() < 1e-10
+
+
+def test_full_band_is_ordinary_pgd():
+    net = _tiny_convnet()
+    x = _images_with_saturated_pixels(8)
+    y = torch.arange(8) % 10
+    torch.manual_seed(3)
+    a = BandLimitedPGD(net, 8 / 255, 2 / 255, 3, band="full")(x, y)
+    torch.manual_seed(3)
+    b = PGD(net, 8 / 255, 2 / 255, 3)(x, y)
+    assert torch.allclose(a, b, atol=1e-6)
