@@ -346,6 +346,47 @@ class PseudoLabelPGD(LinfPGD):
         return {**super().settings(), "route": self.route}
 
 
+class JointPGD(LinfPGD):
+    """AdvCL's two attacks in one loop, as the original runs them: x_cl (:class:`ContrastivePGD`) and x_ce
+    (:class:`PseudoLabelPGD`) from the same o, with one batched forward per step
+    (``net([x_cl, x_ce], [route, ce_route], ["z", "pseudo"])``, every BN normalising each chunk on its
+    own route). ``JointPGD(cl, ce)(o, anchors=[t1, t2, h], targets=[...]) -> (x_cl, x_ce)``.
+
+    The objective is L_CL(x_cl) + L_PS(x_ce); the two terms depend on disjoint inputs, so each input's
+    gradient, its sign step and its projection are those of its own attack, and the random starts are drawn
+    in the same order as running the two attacks in turn: the result is theirs (``tests/test_attacks.py``).
+    """
+
+    def __init__(self, cl: ContrastivePGD, ce: PseudoLabelPGD):
+        same = ("eps", "alpha", "steps", "random_start", "mode")
+        if any(getattr(cl, k) != getattr(ce, k) for k in same) or cl.model is not ce.model:
+            raise ValueError(f"JointPGD needs two attacks on the same network with the same {', '.join(same)}")
+        super().__init__(cl.model, cl.eps, cl.alpha, cl.steps, cl.random_start, cl.mode)
+        self.cl, self.ce = cl, ce
+
+    def forward(self, x: torch.Tensor, anchors=(), targets=()) -> tuple[torch.Tensor, torch.Tensor]:
+        x_cl, x_ce = super().forward(torch.cat([x, x]), anchors, targets).chunk(2)
+        return x_cl, x_ce
+
+    def _prepare(self, xx, anchors=(), targets=()):
+        o = xx[: len(xx) // 2]
+        return {"cl": self.cl._prepare(o, anchors), "targets": self.ce._prepare(o, targets)}
+
+    def _start(self, xx, ctx):
+        a, b = xx.chunk(2)
+        return torch.cat([self.cl._start(a, ctx["cl"]), self.ce._start(b, ctx["targets"])])   # cl's draw first
+
+    def _objective(self, x_adv, ctx):
+        a, b = x_adv.chunk(2)
+        z, logits = self.model([a, b], [self.cl.route, self.ce.route], ["z", "pseudo"])
+        z_anchor = self.cl._embed_anchors(ctx["cl"]["anchors"]) if self.cl.recompute_anchors else ctx["cl"]["z"]
+        l_cl = multiview_contrastive_loss([gather_detached(z)] + z_anchor, self.cl.temperature)
+        return l_cl + pseudo_label_loss(logits, ctx["targets"])
+
+    def settings(self):
+        return {"cl": self.cl, "ce": self.ce}
+
+
 # --------------------------------------------------------------------------- band-limited PGD (notebook 05)
 
 class BandLimitedPGD(PGD):

@@ -9,7 +9,7 @@ File layout (a dict, loadable with ``torch.load(..., weights_only=True)``)::
 Saving writes a temporary file in the same folder and renames it over the
 target, so a crash never leaves a half-written checkpoint. Loading uses
 ``weights_only=True``; model weights load with strict key matching, a
-``module.`` wrapper prefix (DataParallel) is stripped, and any mismatch is an
+``module.`` wrapper prefix (DataParallel, DistributedDataParallel) is stripped, and any mismatch is an
 error naming the file and the keys.
 """
 from __future__ import annotations
@@ -153,7 +153,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> dict[str, torch.Tensor]:
-    """Remove DataParallel / torch.compile wrapper prefixes from every key."""
+    """Remove (Distributed)DataParallel / torch.compile wrapper prefixes from every key."""
     out = {}
     for k, v in state_dict.items():
         changed = True

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .attacks import ContrastivePGD, PairPGD, PseudoLabelPGD
+from .attacks import ContrastivePGD, JointPGD, PairPGD, PseudoLabelPGD
 from .distributed import gather
 from .frequency import HighPass, LowPass
 from .losses import multiview_contrastive_loss, pseudo_label_loss
@@ -115,7 +115,7 @@ class AdvCL(Method):
     def __init__(self, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
                  use_pseudo: bool = False, recompute_anchors: bool = False, batched: bool = False):
         super().__init__(net, preset)
-        self.batched = bool(batched)    # the update's views in one batched forward (same math, see models)
+        self.batched = bool(batched)    # one batched forward per attack step and for the update (same math)
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
         p = preset
@@ -142,8 +142,11 @@ class AdvCL(Method):
         p = self.p
         t1, t2, o = self.views(x, g)
         h = self.fourth_view(o)
-        x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
-        x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
+        if self.batched and self.use_pseudo:     # both attacks in one loop, one forward per step (same result)
+            x_cl, x_ce = JointPGD(self.cl_attack, self.ce_attack)(o, anchors=[t1, t2] + h, targets=targets)
+        else:
+            x_cl = self.cl_attack(o, anchors=[t1, t2] + h)
+            x_ce = self.ce_attack(o, targets=targets) if self.use_pseudo else None
         if self.batched:        # one forward of every view of the update (x_ce included)
             extra = [x_ce] if self.use_pseudo else []
             outs = self.net([t1, t2, x_cl] + h + extra, ["normal", "normal", "pgd"] + ["normal"] * len(h)

@@ -1,6 +1,7 @@
 """Throughput of one AdvCL training step on the CPU: the original's schedule, advcl_lite's, and one batched forward.
 
-One step is what ``advcl_lite.pretrain`` does per batch with AdvCL (no pseudo-labels):
+One step is what ``advcl_lite.pretrain`` does per batch with AdvCL (no pseudo-labels unless ``--pseudo 2,10``:
+then also x_ce and L_PS, on random targets, and the ``batched`` schedule runs both attacks in one loop):
 views t1, t2, o, h = HFC(o); x_cl = PGD-5 on the 4-view contrastive loss from o
 against the clean anchors [t1, t2, h], the network in train mode as the original;
 the 4-view loss through the ``normal``/``pgd`` routes; backward; SGD step. fp32,
@@ -39,7 +40,7 @@ import time
 SCHEDULES = ("original", "once", "batched")
 
 
-def _setup(width: int, batch: int, threads: int, pgd: int, schedules):
+def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: str = ""):
     import torch
 
     torch.set_num_threads(threads)
@@ -55,15 +56,17 @@ def _setup(width: int, batch: int, threads: int, pgd: int, schedules):
     runners = {}
     for schedule in schedules:
         torch.manual_seed(0)
-        net = to_channels_last(build_net("advcl", width), True).train()
+        ks = tuple(int(k) for k in pseudo.split(",") if k)
+        net = to_channels_last(build_net("advcl", width, ks), True).train()
         opt = torch.optim.SGD(net.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
-        step = AdvCL(net, P, "hfc", 8.0, use_pseudo=False, recompute_anchors=schedule == "original",
+        step = AdvCL(net, P, "hfc", 8.0, use_pseudo=bool(ks), recompute_anchors=schedule == "original",
                      batched=schedule == "batched")
         g = torch.Generator().manual_seed(0)
+        targets = [torch.randint(0, k, (batch,), generator=torch.Generator().manual_seed(k)) for k in ks] or None
 
-        def one(step=step, opt=opt, g=g) -> float:
+        def one(step=step, opt=opt, g=g, targets=targets) -> float:
             t0 = time.perf_counter()
-            loss = step(x, g)["loss"]
+            loss = step(x, g, targets)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -77,9 +80,9 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb / 1024
 
 
-def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int) -> dict:
+def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int, pseudo: str = "") -> dict:
     """The schedules in one process, their steps alternating (order rotated), so a changing CPU load hits all alike."""
-    runners, version = _setup(width, batch, threads, pgd, SCHEDULES)
+    runners, version = _setup(width, batch, threads, pgd, SCHEDULES, pseudo)
     times = {k: [] for k in SCHEDULES}
     for i in range(warmup + steps):
         order = SCHEDULES[i % 3:] + SCHEDULES[:i % 3]
@@ -90,9 +93,9 @@ def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pg
     return {"times": times, "torch": version}
 
 
-def child_mem(width: int, batch: int, schedule: str, threads: int, pgd: int) -> dict:
+def child_mem(width: int, batch: int, schedule: str, threads: int, pgd: int, pseudo: str = "") -> dict:
     """Peak resident memory of one configuration alone: set-up, then one step."""
-    runners, _ = _setup(width, batch, threads, pgd, (schedule,))
+    runners, _ = _setup(width, batch, threads, pgd, (schedule,), pseudo)
     before = _rss_mib()
     runners[schedule]()
     return {"rss_setup_mib": before, "peak_rss_mib": _rss_mib()}
@@ -113,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per schedule (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--pgd", type=int, default=5, help="PGD steps of the attack (default 5, the paper's)")
+    ap.add_argument("--pseudo", default="", help="pseudo-label heads, e.g. 2,10,50 (x_ce and L_PS; default none)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
     rows, ratios, version = [], {}, ""
     for width in [int(w) for w in args.widths.split(",")]:
         batch = args.batch if width < 64 else args.full_batch
-        common = {"width": width, "batch": batch, "threads": args.threads, "pgd": args.pgd}
+        common = {"width": width, "batch": batch, "threads": args.threads, "pgd": args.pgd, "pseudo": args.pseudo}
         timed = _child(args, "time", warmup=args.warmup, steps=args.steps, **common)
         version = timed["torch"]
         med = {}

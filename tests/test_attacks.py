@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advcl_lite.attacks import (PGD, Attack, BandLimitedPGD, ContrastivePGD, PairPGD, PseudoLabelPGD, TradesPGD,
-                                model_mode)
+from advcl_lite.attacks import (PGD, Attack, BandLimitedPGD, ContrastivePGD, JointPGD, PairPGD, PseudoLabelPGD,
+                                TradesPGD, model_mode)
 from advcl_lite.frequency import high_pass, out_of_band_fraction
 from advcl_lite.losses import multiview_contrastive_loss, pseudo_label_loss
 from advcl_lite.models import ContrastiveNet
@@ -334,3 +334,23 @@ def test_full_band_is_ordinary_pgd():
     torch.manual_seed(3)
     b = PGD(net, 8 / 255, 2 / 255, 3)(x, y)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_joint_attack_is_the_two_attacks_in_turn(mode):
+    net = _net(routes=("normal", "pgd", "pgd_ce"), pseudo_ks=(2, 5)).train()
+    o, t1, t2, h = _views(4)
+    targets = [torch.randint(0, k, (4,), generator=torch.Generator().manual_seed(k)) for k in (2, 5)]
+    cl, ce = ContrastivePGD(net, EPS, ALPHA, 3, mode=mode), PseudoLabelPGD(net, EPS, ALPHA, 3, mode=mode)
+    torch.manual_seed(5)
+    want = cl(o, anchors=[t1, t2, h]), ce(o, targets=targets)
+    state_turn = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(_net(routes=("normal", "pgd", "pgd_ce"), pseudo_ks=(2, 5)).state_dict())
+    torch.manual_seed(5)
+    got = JointPGD(cl, ce)(o, anchors=[t1, t2, h], targets=targets)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() <= 1e-6            # the same steps (a sign tie could differ by 2 alpha)
+    for k, v in net.state_dict().items():             # the same running statistics of every route
+        torch.testing.assert_close(v, state_turn[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="same network"):
+        JointPGD(cl, PseudoLabelPGD(net, EPS, ALPHA, 2, mode=mode))
