@@ -40,7 +40,7 @@ import time
 SCHEDULES = ("original", "once", "batched")
 
 
-def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: str = ""):
+def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: str = "", amp: str = "none"):
     import torch
 
     torch.set_num_threads(threads)
@@ -49,9 +49,10 @@ def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: st
     from advcl_lite.presets import get_preset
     from advcl_lite.models import build_net
     from advcl_lite.methods import AdvCL
+    from advcl_lite.runtime import autocast
 
     P = get_preset("benchmark", base_width=width, batch_size=batch, pgd_steps=pgd, attack_mode="train",
-                   amp="none", channels_last=True)
+                   amp=amp, channels_last=True)
     x = load_sample("train").tensors(batch)[0].contiguous(memory_format=torch.channels_last)
     runners = {}
     for schedule in schedules:
@@ -66,7 +67,8 @@ def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: st
 
         def one(step=step, opt=opt, g=g, targets=targets) -> float:
             t0 = time.perf_counter()
-            loss = step(x, g, targets)["loss"]
+            with autocast(torch.device("cpu"), P.amp):
+                loss = step(x, g, targets)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,9 +82,10 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb / 1024
 
 
-def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int, pseudo: str = "") -> dict:
+def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int, pseudo: str = "",
+               amp: str = "none") -> dict:
     """The schedules in one process, their steps alternating (order rotated), so a changing CPU load hits all alike."""
-    runners, version = _setup(width, batch, threads, pgd, SCHEDULES, pseudo)
+    runners, version = _setup(width, batch, threads, pgd, SCHEDULES, pseudo, amp)
     times = {k: [] for k in SCHEDULES}
     for i in range(warmup + steps):
         order = SCHEDULES[i % 3:] + SCHEDULES[:i % 3]
@@ -93,9 +96,10 @@ def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pg
     return {"times": times, "torch": version}
 
 
-def child_mem(width: int, batch: int, schedule: str, threads: int, pgd: int, pseudo: str = "") -> dict:
+def child_mem(width: int, batch: int, schedule: str, threads: int, pgd: int, pseudo: str = "",
+              amp: str = "none") -> dict:
     """Peak resident memory of one configuration alone: set-up, then one step."""
-    runners, _ = _setup(width, batch, threads, pgd, (schedule,), pseudo)
+    runners, _ = _setup(width, batch, threads, pgd, (schedule,), pseudo, amp)
     before = _rss_mib()
     runners[schedule]()
     return {"rss_setup_mib": before, "peak_rss_mib": _rss_mib()}
@@ -116,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per schedule (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--pgd", type=int, default=5, help="PGD steps of the attack (default 5, the paper's)")
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast of the step (default fp32)")
     ap.add_argument("--pseudo", default="", help="pseudo-label heads, e.g. 2,10,50 (x_ce and L_PS; default none)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -130,7 +135,8 @@ def main(argv=None) -> int:
     rows, ratios, version = [], {}, ""
     for width in [int(w) for w in args.widths.split(",")]:
         batch = args.batch if width < 64 else args.full_batch
-        common = {"width": width, "batch": batch, "threads": args.threads, "pgd": args.pgd, "pseudo": args.pseudo}
+        common = {"width": width, "batch": batch, "threads": args.threads, "pgd": args.pgd, "pseudo": args.pseudo,
+                  "amp": args.amp}
         timed = _child(args, "time", warmup=args.warmup, steps=args.steps, **common)
         version = timed["torch"]
         med = {}
@@ -145,7 +151,9 @@ def main(argv=None) -> int:
         ratios[width] = {k: med["original"] / med[k] for k in SCHEDULES}
     load1 = os.getloadavg()
 
-    print(f"\nOne AdvCL training step (PGD-{args.pgd} in train mode, 4 views, fp32, channels_last, "
+    print(f"\nOne AdvCL training step (PGD-{args.pgd} in train mode, 4 views, "
+          f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, channels_last, "
+          f"pseudo-label heads {args.pseudo or 'none'}, "
           f"{args.threads} torch threads) on {platform.processor() or platform.machine()} "
           f"({os.cpu_count()} logical CPUs), torch {version}. Fastest of {args.steps} timed steps after "
           f"{args.warmup} warm-up (other processes only add time), median beside it; "
