@@ -5,7 +5,9 @@
   updated weights and the BN running statistics of one process on B images (SyncedBatchNorm; the views
   and the attacks' starts are fixed here, since each rank draws its own by design);
 * ``torchrun --nproc_per_node=2`` pretraining writes one checkpoint that loads strictly, and a run
-  stopped after one epoch and resumed reaches the weights of an uninterrupted one.
+  stopped after one epoch and resumed reaches the weights of an uninterrupted one;
+* ``torchrun`` finetuning (ALF) writes one model that loads strictly, and evaluation split over the two
+  processes counts every image once (the clean counts equal a single process's).
 """
 from __future__ import annotations
 
@@ -229,3 +231,37 @@ def test_torchrun_pretraining_writes_one_strict_checkpoint_and_resumes_exactly(t
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == ["final.pt", "history.json", "last.pt"]
+
+
+FINETUNE = """
+import json, sys
+import torch
+from advcl_lite import distributed
+from advcl_lite.evaluate import evaluate
+from advcl_lite.finetune import finetune
+from advcl_lite.models import ResNet18
+torch.manual_seed(0)
+res = finetune(ResNet18(4), "alf", "smoke", data="sample", out_dir=sys.argv[1], device="cpu", progress=False,
+               ft_subset=128, ft_batch_size=32, ft_epochs=1, ft_pgd_steps=1)
+r = evaluate(res.model, "sample", attack=None, n=64, batch_size=16, seed=0)
+if distributed.is_main():
+    json.dump({"n": r["n"], "correct": r["correct"], "world": distributed.world_size()}, open(sys.argv[2], "w"))
+"""
+
+
+def test_torchrun_finetuning_writes_one_model_and_evaluation_counts_every_image(tmp_path):
+    from advcl_lite.evaluate import evaluate
+    from advcl_lite.finetune import load_finetuned
+    script = tmp_path / "ft.py"
+    script.write_text(FINETUNE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVCL_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           str(script), str(tmp_path / "ft"), str(tmp_path / "eval.json")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["history.json", "model.pt"]
+    model, meta = load_finetuned(tmp_path / "ft" / "model.pt")                # strict keys
+    got = json.loads((tmp_path / "eval.json").read_text())
+    alone = evaluate(model, "sample", attack=None, n=64, batch_size=16, seed=0)
+    assert got == {"n": 64, "correct": alone["correct"], "world": 2}          # 4 batches per rank, counts summed
+    assert meta["num_train"] > 0 and len(meta["history"]) == 1
