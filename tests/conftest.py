@@ -71,3 +71,39 @@ def real():
     from advcl_lite.data import load_dataset
     x, _ = load_dataset("sample", "test").tensors(16)
     return x
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A width-4 ResNet-18 classifier at initialisation (the evaluate, results and viz tests)."""
+    from advcl_lite.models import Classifier, ResNet18
+    torch.manual_seed(0)
+    return Classifier(ResNet18(4), 10).eval()
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    from advcl_lite.data import load_dataset
+    return load_dataset("sample", "test")
+
+
+@pytest.fixture(scope="module")
+def ds64():
+    """The 64 images a tiny smoke preset pretrains on (pretrain.pretrain_dataset with train_subset=64)."""
+    from advcl_lite.presets import get_preset
+    from advcl_lite.pretrain import pretrain_dataset
+    return pretrain_dataset(get_preset("smoke", train_subset=64), "sample")
+
+
+@pytest.fixture(scope="module")
+def net4():
+    from advcl_lite.models import ContrastiveNet
+    torch.manual_seed(0)
+    return ContrastiveNet(4).eval()
+
+
+@pytest.fixture(scope="module")
+def labels64(ds64, net4):
+    from advcl_lite.pseudo_labels import make_pseudo_labels
+    return make_pseudo_labels(net4, ds64, ks=(2, 5), seed=0, progress=False)
+

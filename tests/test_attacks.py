@@ -9,6 +9,7 @@ from advcl_lite.attacks import (PGD, Attack, BandLimitedPGD, ContrastivePGD, Joi
 from advcl_lite.frequency import high_pass, out_of_band_fraction
 from advcl_lite.losses import multiview_contrastive_loss, pseudo_label_loss
 from advcl_lite.models import ContrastiveNet
+from helpers import images_with_saturated_pixels, tiny_convnet
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -281,24 +282,11 @@ def test_trades_pgd_stays_in_the_ball_and_raises_the_kl():
 
 # --------------------------------------------------------------------------- band-limited PGD
 
-def _tiny_convnet(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                         nn.Linear(64, 10)).eval()
-
-
-def _images_with_saturated_pixels(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, 32, 32, generator=g)
-    x[:, :, :4] = 1.0
-    x[:, :, -4:] = 0.0
-    return x
-
 
 @pytest.mark.parametrize("band", ["low", "high", (4, 12)])
 def test_band_limited_pgd_stays_in_the_ball_the_box_and_near_the_band(band):
-    net = _tiny_convnet()
-    x = _images_with_saturated_pixels()
+    net = tiny_convnet()
+    x = images_with_saturated_pixels()
     y = torch.arange(len(x)) % 10
     eps = 8 / 255
     x_adv = BandLimitedPGD(net, eps, 2 / 255, 5, band=band, radius=8)(x, y)
@@ -317,7 +305,7 @@ def test_band_limited_pgd_stays_in_the_ball_the_box_and_near_the_band(band):
 
 def test_low_band_projection_alone_is_exactly_low_pass():
     # with an eps too large to clip and images far from the box, the projection is the filter itself
-    net = _tiny_convnet()
+    net = tiny_convnet()
     x = torch.full((4, 3, 32, 32), 0.5)
     y = torch.zeros(4, dtype=torch.long)
     delta = BandLimitedPGD(net, eps=0.45, alpha=0.01, steps=3, band="low", radius=8)(x, y) - x
@@ -326,8 +314,8 @@ def test_low_band_projection_alone_is_exactly_low_pass():
 
 
 def test_full_band_is_ordinary_pgd():
-    net = _tiny_convnet()
-    x = _images_with_saturated_pixels(8)
+    net = tiny_convnet()
+    x = images_with_saturated_pixels(8)
     y = torch.arange(8) % 10
     torch.manual_seed(3)
     a = BandLimitedPGD(net, 8 / 255, 2 / 255, 3, band="full")(x, y)

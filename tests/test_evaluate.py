@@ -12,24 +12,11 @@ import torch
 import torch.nn as nn
 
 from advcl_lite.attacks import PGD
-from advcl_lite.data import load_dataset
 from advcl_lite.attacks import AutoAttackHook
 from advcl_lite.evaluate import accuracy_ci, accuracy_vs_eps, evaluate, make_attack
-from advcl_lite.models import Classifier, ResNet18
 
 matplotlib.use("Agg")
 EPS = 8 / 255
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return Classifier(ResNet18(4), 10).eval()
-
-
-@pytest.fixture(scope="module")
-def test_set():
-    return load_dataset("sample", "test")
 
 
 @pytest.fixture(scope="module")

@@ -30,22 +30,6 @@ def tiny_preset():
 
 
 @pytest.fixture(scope="module")
-def ds64(tiny_preset):
-    return pretrain_dataset(tiny_preset, "sample")
-
-
-@pytest.fixture(scope="module")
-def net4():
-    torch.manual_seed(0)
-    return ContrastiveNet(4).eval()
-
-
-@pytest.fixture(scope="module")
-def labels64(ds64, net4):
-    return make_pseudo_labels(net4, ds64, ks=(2, 5), seed=0, progress=False)
-
-
-@pytest.fixture(scope="module")
 def simclr_run(tmp_path_factory, tiny_preset):
     out = tmp_path_factory.mktemp("simclr")
     return pretrain("simclr", tiny_preset, out_dir=out, data="sample", device="cpu", progress=False)

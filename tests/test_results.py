@@ -2,33 +2,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import torch.nn as nn
 
 from advcl_lite.attacks import PGD
-from advcl_lite.data import load_dataset
-from advcl_lite.evaluate import accuracy_ci, evaluate
-from advcl_lite.models import Classifier, ResNet18
+from advcl_lite.evaluate import accuracy_ci
 from advcl_lite.results import (PAPER_SCALE, REFERENCE_RESULTS, format_result, intervals_separate, load_records,
-                                make_record, records_table, reference_table, save_records)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return Classifier(ResNet18(4), 10).eval()
-
-
-@pytest.fixture(scope="module")
-def test_set():
-    return load_dataset("sample", "test")
-
-
-def _records(tiny, test_set):
-    r = evaluate(tiny, test_set, attack="pgd2", n=20, progress=False)
-    aa = dict(r, attack="AutoAttack(fake)")
-    return [make_record(m, s, "cifar10-sample", "cifar10-sample", r, "smoke", 0, 1.5, aa=aa, note="x")
-            for m in ("SimCLR", "AdvCL") for s in ("SLF", "ALF")]
+                                records_table, reference_table, save_records)
+from helpers import example_records
 
 
 # --------------------------------------------------------------------------- formatting and comparison
@@ -51,7 +31,7 @@ def test_intervals_separate_says_which_interval_lies_above():
 # --------------------------------------------------------------------------- records and tables
 
 def test_records_roundtrip(tmp_path, tiny, test_set):
-    recs = _records(tiny, test_set)
+    recs = example_records(tiny, test_set)
     assert recs[0]["aa_n"] == 20 and recs[0]["aa_ci"] == recs[0]["ra_ci"] and recs[0]["note"] == "x"
     written = save_records(recs, tmp_path / "res")
     assert sorted(p.suffix for p in written) == [".csv", ".json"]
@@ -65,7 +45,7 @@ def test_records_roundtrip(tmp_path, tiny, test_set):
 
 
 def test_records_table_leaves_out_a_metric_no_record_has(tiny, test_set):
-    recs = _records(tiny, test_set)
+    recs = example_records(tiny, test_set)
     no_aa = [{k: v for k, v in r.items() if not k.startswith("aa")} for r in recs]   # presets with aa_n = 0
     assert "AA" not in records_table(no_aa) and "AA" in records_table(recs)
 
@@ -73,7 +53,7 @@ def test_records_table_leaves_out_a_metric_no_record_has(tiny, test_set):
 # --------------------------------------------------------------------------- published numbers
 
 def test_reference_table_puts_ours_beside_the_published_rows(tiny, test_set):
-    recs = _records(tiny, test_set)[:1]
+    recs = example_records(tiny, test_set)[:1]
     df = reference_table(recs, methods=("AdvCL",), scale="smoke")
     assert df.iloc[0]["source"] == "advcl_lite (this run)" and df.iloc[0]["scale"] == "smoke"
     published = df.iloc[1:]

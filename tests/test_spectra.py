@@ -2,47 +2,11 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 from advcl_lite import spectra as S
 from advcl_lite.attacks import BandLimitedPGD
 from advcl_lite.frequency import radial_power_spectrum
-
-
-class LinearProbe2(nn.Module):
-    """Two-class linear classifier on a fixed pattern ``w``: logits (s, -s), s = <w, x - 0.5>.
-
-    Its gradient is +-w everywhere, so PGD's perturbation is eps * sign(w), and only
-    perturbations with a component along w can change its decision.
-    """
-
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.register_buffer("w", w)
-        self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
-
-    def forward(self, x):
-        s = ((x - 0.5) * self.w).sum((1, 2, 3)) + 0 * self.anchor
-        return torch.stack([s, -s], 1)
-
-
-def tiny_convnet(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                         nn.Linear(64, 10)).eval()
-
-
-def mid_gray_images(n=32, seed=0):
-    """Images in [0.25, 0.75]: no perturbation below norm ~4 reaches the [0, 1] box."""
-    g = torch.Generator().manual_seed(seed)
-    return 0.25 + 0.5 * torch.rand(n, 3, 32, 32, generator=g)
-
-
-def linear_model_on(i, j):
-    m = LinearProbe2(S.fourier_basis(32, i, j, 1.0, channels=3))
-    x = mid_gray_images()
-    y = m(x).argmax(1)   # labels = its own predictions: clean accuracy 1
-    return m, x, y
+from helpers import images_with_saturated_pixels, linear_model_on, tiny_convnet
 
 
 # --------------------------------------------------------------------------- test images
@@ -141,13 +105,6 @@ def test_heat_map_conjugate_symmetry_range_and_stride():
 
 
 # --------------------------------------------------------------------------- band-limited attacks
-
-def images_with_saturated_pixels(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, 32, 32, generator=g)
-    x[:, :, :4] = 1.0
-    x[:, :, -4:] = 0.0
-    return x
 
 
 def test_band_attacks_on_a_high_frequency_classifier():

@@ -7,18 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from advcl_lite import spectra as S
-from advcl_lite.data import class_balanced_subset, load_dataset
-from advcl_lite.evaluate import accuracy_vs_eps, evaluate
+from advcl_lite.evaluate import accuracy_vs_eps
 from advcl_lite.frequency import energy_fraction, high_pass, low_pass, radial_power_spectrum
-from advcl_lite.models import Classifier, ContrastiveNet, ResNet18
-from advcl_lite.presets import get_preset
-from advcl_lite.pseudo_labels import extract_features, make_pseudo_labels
-from advcl_lite.results import make_record
+from advcl_lite.pseudo_labels import extract_features
 from advcl_lite.viz import (plot_accuracy_vs_eps, plot_band_accuracy, plot_cluster_grid, plot_cluster_sizes,
                             plot_embedding, plot_frequency_explorer, plot_heat_maps, plot_results)
+from helpers import example_records, linear_model_on
 
 
 @pytest.fixture
@@ -124,22 +120,6 @@ def test_widget_is_skipped_in_headless_runs_and_interactive_otherwise(monkeypatc
 
 # --------------------------------------------------------------------------- clusters (notebook 03)
 
-@pytest.fixture(scope="module")
-def ds64():
-    """The 64 images a tiny smoke preset pretrains on (pretrain.pretrain_dataset of train_subset=64)."""
-    return class_balanced_subset(load_dataset("sample", "train"), 64, seed=get_preset("smoke").seed)
-
-
-@pytest.fixture(scope="module")
-def net4():
-    torch.manual_seed(0)
-    return ContrastiveNet(4).eval()
-
-
-@pytest.fixture(scope="module")
-def labels64(ds64, net4):
-    return make_pseudo_labels(net4, ds64, ks=(2, 5), seed=0, progress=False)
-
 
 def test_plots_return_figures(plt, ds64, labels64, net4):
     fig = plot_cluster_grid(ds64, labels64, n_clusters=3, per_cluster=4, k=5)
@@ -153,26 +133,9 @@ def test_plots_return_figures(plt, ds64, labels64, net4):
 
 # --------------------------------------------------------------------------- results (notebook 04)
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return Classifier(ResNet18(4), 10).eval()
-
-
-@pytest.fixture(scope="module")
-def test_set():
-    return load_dataset("sample", "test")
-
-
-def _records(tiny, test_set):
-    r = evaluate(tiny, test_set, attack="pgd2", n=20, progress=False)
-    aa = dict(r, attack="AutoAttack(fake)")
-    return [make_record(m, s, "cifar10-sample", "cifar10-sample", r, "smoke", 0, 1.5, aa=aa, note="x")
-            for m in ("SimCLR", "AdvCL") for s in ("SLF", "ALF")]
-
 
 def test_plots(plt, tiny, test_set):
-    recs = _records(tiny, test_set)
+    recs = example_records(tiny, test_set)
     fig = plot_results(recs)
     assert len(fig.axes) == 2
     assert len(fig.axes[0].patches) >= 6        # 2 methods x 3 metrics in the first panel
@@ -192,25 +155,6 @@ def test_plots(plt, tiny, test_set):
 
 
 # --------------------------------------------------------------------------- spectra (notebook 05)
-
-class LinearProbe2(nn.Module):
-    """Two-class linear classifier on a fixed pattern ``w``: logits (s, -s), s = <w, x - 0.5> (as in test_spectra.py)."""
-
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.register_buffer("w", w)
-        self.anchor = nn.Parameter(torch.zeros(()))  # gives the model a device
-
-    def forward(self, x):
-        s = ((x - 0.5) * self.w).sum((1, 2, 3)) + 0 * self.anchor
-        return torch.stack([s, -s], 1)
-
-
-def linear_model_on(i, j):
-    m = LinearProbe2(S.fourier_basis(32, i, j, 1.0, channels=3))
-    x = 0.25 + 0.5 * torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))   # mid-gray images
-    y = m(x).argmax(1)   # labels = its own predictions: clean accuracy 1
-    return m, x, y
 
 
 def test_plots_and_the_frequency_explorer(plt, tmp_path):
