@@ -109,9 +109,22 @@ def main() -> None:
     ap.add_argument("--no-extra", action="store_true", help="only the headline methods")
     ap.add_argument("--no-alf", action="store_true")
     ap.add_argument("--alf-all", action="store_true", help="ALF for the ablations too")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a preset field for every run, e.g. --set amp=bf16 (repeatable); "
+                         "use a separate --out, since the runs' configurations change")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite results.md / results.png from the results.json already in --out")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            ap.error(f"--set needs FIELD=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    try:
+        get_preset(args.preset, **overrides)   # a bad field or value stops here, before any data is read
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"benchmarks/out/{args.preset}")
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +139,9 @@ def main() -> None:
     jobs = [(0, args.seeds[0], run) for run in HEADLINE + ([] if args.no_extra else EXTRA)]
     jobs += [(si, seed, run) for si, seed in enumerate(args.seeds) if si > 0 for run in HEADLINE]
     labels = {}
+    sets = "".join(f" --set {k}={v}" for k, v in overrides.items())
     for si, seed, (name, method, view, pseudo, extra) in jobs:
-        P = get_preset(args.preset, seed=seed, data=args.data)
+        P = get_preset(args.preset, **{**overrides, "seed": seed, "data": args.data})
         work = out / f"seed{seed}"
         pt_ds = pretrain_dataset(P, train_full)   # the images this preset and seed pretrain on
         if method == "random":                   # the floor: an untrained encoder, seeded
@@ -166,13 +180,13 @@ def main() -> None:
                                        val_sa=val.get("val_sa"), val_ra=val.get("val_ra"), val_n=val.get("val_n"),
                                        best_epoch=ft.best_epoch))
             save_records(records, out / "results.json")  # after every row: an interrupted call keeps them
-            write_report(records, out, f"Preset `{args.preset}`, data `{args.data}`, seeds {args.seeds} "
+            write_report(records, out, f"Preset `{args.preset}`{sets}, data `{args.data}`, seeds {args.seeds} "
                                        f"(partial: {len(records)} rows so far).")
     save_records(records, out / "results.json")
     save_records(records, out / "results.csv")
     (out / "stage_times.json").write_text(json.dumps(stage_times, indent=1))
     total = time.perf_counter() - t_all
-    write_report(records, out, f"Preset `{args.preset}`, data `{args.data}`, seeds {args.seeds}, "
+    write_report(records, out, f"Preset `{args.preset}`{sets}, data `{args.data}`, seeds {args.seeds}, "
                                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
                                f"this call took {total / 60:.1f} min (cached stages excluded).")
 
