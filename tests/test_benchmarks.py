@@ -1,0 +1,69 @@
+"""The benchmark scripts that no other test runs: the GPU step script on its CPU path, and results.py's --set.
+
+``benchmarks/gpu_step.py`` is meant for a GPU session with a few minutes of device time, so it has to
+work the first time it meets one; these tests run the same code on the CPU at tiny sizes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TINY = ["--data", "sample", "--device", "cpu", "--width", "4", "--batch", "8", "--ks", "2,3",
+        "--warmup", "0", "--steps", "1", "--no-compile"]
+
+
+def test_gpu_step_prints_a_row_per_variant_on_the_cpu(capsys):
+    gpu_step = _load("gpu_step")
+    torch.set_num_threads(2)
+    assert gpu_step.main(TINY) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"variant", "eager", "batched"}   # no compile variants with --no-compile, none off the GPU
+    for name in ("eager", "batched"):
+        cells = [c.strip() for c in rows[name].split("|")[1:-1]]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0, rows[name]   # s / step, images / s
+        assert cells[4].endswith(" min") and cells[5].endswith(" h")
+    assert "command: python benchmarks/gpu_step.py --data sample" in out
+
+
+def test_gpu_step_variants_compute_the_same_step():
+    """eager and batched are the same math: the same first-step loss from the same seed and images."""
+    gpu_step = _load("gpu_step")
+    args = gpu_step.build_parser().parse_args(TINY[:-5] + ["--warmup", "0", "--steps", "1"])
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    dev = torch.device("cpu")
+    eager = gpu_step.run_variant("eager", args, dev, x)
+    batched = gpu_step.run_variant("batched", args, dev, x)
+    assert eager["loss"] == pytest.approx(batched["loss"], rel=1e-5)
+    assert eager["images_per_s"] > 0 and batched["images_per_s"] > 0
+
+
+def test_gpu_step_skips_variants_past_its_budget(capsys):
+    gpu_step = _load("gpu_step")
+    assert gpu_step.main(TINY + ["--budget-s", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped: past --budget-s 0 s") == 2
+
+
+def test_results_set_rejects_a_bad_field_in_one_line():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "results.py"), "--preset", "smoke",
+                        "--set", "amp=bf17", "--out", "unused"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "results.py: error: preset field 'amp' must be one of ('none', 'bf16', 'fp16'), not 'bf17'")
+    assert not (ROOT / "unused").exists()
