@@ -59,8 +59,6 @@ def accuracy_ci(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-# --------------------------------------------------------------------------- attacks
-
 # --------------------------------------------------------------------------- the loop
 
 def _as_dataset(data, n: int | None, seed: int) -> tuple[Iterable, int, str]:
@@ -189,6 +187,3 @@ def accuracy_vs_eps(model: nn.Module, data, eps_list: Sequence[float], n: int | 
         ras.append(r["ra"])
         cis.append(r["ra_ci"])
     return {"eps": eps_list, "sa": sa, "ra": ras, "ra_ci": cis, "n": r["n"] if eps_list else 0, "steps": steps}
-
-
-# --------------------------------------------------------------------------- CLI

@@ -605,6 +605,3 @@ def embed_2d(features, method: str = "tsne", seed: int = 0) -> np.ndarray:
         x = PCA(50, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     return TSNE(2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
-
-
-# --------------------------------------------------------------------------- command line

@@ -25,8 +25,9 @@ from .checkpoint import write_json
 
 # --------------------------------------------------------------------------- formatting and comparison
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}"
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal (``0.1234`` -> ``"12.3"``); ``None`` -> ``"-"``."""
+    return "-" if v is None else f"{100 * v:.1f}"
 
 
 
@@ -41,10 +42,10 @@ def intervals_separate(a: dict[str, Any], b: dict[str, Any], metric: str = "ra")
 def format_result(result: dict[str, Any], label: str | None = None) -> str:
     """``SA 47.6% [44.5, 50.7] (n=1000); RA 20.3% [17.9, 22.9] (n=1000)`` from an :func:`evaluate` result."""
     n = result["n"]
-    parts = [f"SA {_pct(result['sa'])}% [{_pct(result['sa_ci'][0])}, {_pct(result['sa_ci'][1])}] (n={n})"]
+    parts = [f"SA {pct(result['sa'])}% [{pct(result['sa_ci'][0])}, {pct(result['sa_ci'][1])}] (n={n})"]
     if "ra" in result:
         name = label or _attack_label(result.get("attack", ""))
-        parts.append(f"{name} {_pct(result['ra'])}% [{_pct(result['ra_ci'][0])}, {_pct(result['ra_ci'][1])}] (n={n})")
+        parts.append(f"{name} {pct(result['ra'])}% [{pct(result['ra_ci'][0])}, {pct(result['ra_ci'][1])}] (n={n})")
     return "; ".join(parts)
 
 
@@ -150,7 +151,7 @@ def records_table(records: Sequence[dict[str, Any]], metrics: Sequence[str] = ("
         for m in shown:
             v, ci = r.get(m), r.get(f"{m}_ci")
             n = r.get(f"{m}_n", r.get("n")) if m == "aa" else r.get("n")
-            cells.append("–" if v is None else f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}] ({n})")
+            cells.append("–" if v is None else f"{pct(v)} [{pct(ci[0])}, {pct(ci[1])}] ({n})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -202,18 +203,18 @@ def reference_table(records: Sequence[dict[str, Any]] = (), methods: Sequence[st
     """
     import pandas as pd
 
-    def pct(v):
+    def num(v):   # a number for the DataFrame, not a string
         return None if v is None else round(100 * float(v), 1)
     rows = []
     for r in records:
         rows.append({"source": "advcl_lite (this run)", "scale": scale or str(r.get("preset", "")),
-                     "method": r["method"], "scheme": str(r["scheme"]).upper(), "SA %": pct(r.get("sa")),
-                     "RA % (PGD)": pct(r.get("ra")), "AA %": pct(r.get("aa")), "n": r.get("n")})
+                     "method": r["method"], "scheme": str(r["scheme"]).upper(), "SA %": num(r.get("sa")),
+                     "RA % (PGD)": num(r.get("ra")), "AA %": num(r.get("aa")), "n": r.get("n")})
     for r in REFERENCE_RESULTS:
         if methods is not None and r["method"] not in methods:
             continue
         if finetune_data is not None and r["finetune_data"] != finetune_data:
             continue
         rows.append({"source": r["source"], "scale": PAPER_SCALE_SHORT, "method": r["method"], "scheme": r["scheme"],
-                     "SA %": pct(r["sa"]), "RA % (PGD)": pct(r["ra"]), "AA %": pct(r["aa"]), "n": None})
+                     "SA %": num(r["sa"]), "RA % (PGD)": num(r["ra"]), "AA %": num(r["aa"]), "n": None})
     return pd.DataFrame(rows)

@@ -39,7 +39,7 @@ from advcl_lite.evaluate import evaluate
 from advcl_lite.finetune import get_or_finetune
 from advcl_lite.models import ResNet18
 from advcl_lite.pretrain import auto_pseudo_labels, get_or_train, pretrain_dataset
-from advcl_lite.results import format_result, intervals_separate, load_records, make_record, save_records
+from advcl_lite.results import format_result, pct, intervals_separate, load_records, make_record, save_records
 from advcl_lite.viz import plot_results
 
 # (row label, method, view, pseudo-labels, preset overrides); "random" is an untrained encoder
@@ -50,10 +50,6 @@ EXTRA = [("AdvCL without pseudo-labels", "advcl", "hfc", False, {}),   # most in
          ("AdvCL (unscaled loss)", "advcl", "hfc", True, {"base_temperature": 0.5}),
          ("AdvCL (LFC view)", "advcl", "lfc", True, {}),
          ("AdvCL (no 4th view)", "advcl", "none", True, {})]
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{v * 100:.1f}"
 
 
 def _rows(records, method, scheme="SLF", seed=None):
@@ -201,7 +197,7 @@ def write_report(records, out: Path, header: str) -> None:
     for r in records:
         lines.append(f"| {r['method']} | {r['scheme']} | {r['seed']} | {r['sa'] * 100:.1f} [{r['sa_ci'][0] * 100:.1f}, {r['sa_ci'][1] * 100:.1f}] "
                      f"| {r['ra'] * 100:.1f} [{r['ra_ci'][0] * 100:.1f}, {r['ra_ci'][1] * 100:.1f}] | {r['n']} "
-                     f"| {_pct(r.get('val_sa'))} / {_pct(r.get('val_ra'))} "
+                     f"| {pct(r.get('val_sa'))} / {pct(r.get('val_ra'))} "
                      f"| {r['pretrain_seconds']:.0f} | {r['seconds']:.0f} | {r['eval_seconds']:.0f} |")
     lines += ["", *claims(records)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
