@@ -40,7 +40,8 @@ import time
 SCHEDULES = ("original", "once", "batched")
 
 
-def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: str = "", amp: str = "none"):
+def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: str = "", amp: str = "none",
+           channels_last: bool = True):
     import torch
 
     torch.set_num_threads(threads)
@@ -52,13 +53,14 @@ def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: st
     from advcl_lite.runtime import autocast
 
     P = get_preset("benchmark", base_width=width, batch_size=batch, pgd_steps=pgd, attack_mode="train",
-                   amp=amp, channels_last=True)
-    x = load_sample("train").tensors(batch)[0].contiguous(memory_format=torch.channels_last)
+                   amp=amp, channels_last=channels_last)
+    x = load_sample("train").tensors(batch)[0]
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
     runners = {}
     for schedule in schedules:
         torch.manual_seed(0)
         ks = tuple(int(k) for k in pseudo.split(",") if k)
-        net = to_channels_last(build_net("advcl", width, ks), True).train()
+        net = to_channels_last(build_net("advcl", width, ks), channels_last).train()
         opt = torch.optim.SGD(net.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
         step = AdvCL(net, P, "hfc", 8.0, use_pseudo=bool(ks), recompute_anchors=schedule == "original",
                      batched=schedule == "batched")
@@ -83,9 +85,9 @@ def _rss_mib() -> float:
 
 
 def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pgd: int, pseudo: str = "",
-               amp: str = "none") -> dict:
+               amp: str = "none", channels_last: bool = True) -> dict:
     """The schedules in one process, their steps alternating (order rotated), so a changing CPU load hits all alike."""
-    runners, version = _setup(width, batch, threads, pgd, SCHEDULES, pseudo, amp)
+    runners, version = _setup(width, batch, threads, pgd, SCHEDULES, pseudo, amp, channels_last)
     times = {k: [] for k in SCHEDULES}
     for i in range(warmup + steps):
         order = SCHEDULES[i % 3:] + SCHEDULES[:i % 3]
@@ -97,12 +99,25 @@ def child_time(width: int, batch: int, warmup: int, steps: int, threads: int, pg
 
 
 def child_mem(width: int, batch: int, schedule: str, threads: int, pgd: int, pseudo: str = "",
-              amp: str = "none") -> dict:
+              amp: str = "none", channels_last: bool = True) -> dict:
     """Peak resident memory of one configuration alone: set-up, then one step."""
-    runners, _ = _setup(width, batch, threads, pgd, (schedule,), pseudo, amp)
+    runners, _ = _setup(width, batch, threads, pgd, (schedule,), pseudo, amp, channels_last)
     before = _rss_mib()
     runners[schedule]()
     return {"rss_setup_mib": before, "peak_rss_mib": _rss_mib()}
+
+
+def profile(width: int, batch: int, schedule: str, threads: int, pgd: int, pseudo: str = "", amp: str = "none",
+            channels_last: bool = True, top: int = 25) -> str:
+    """torch.profiler's table of one step of ``schedule`` (after one untimed step), ops by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    runners, _ = _setup(width, batch, threads, pgd, (schedule,), pseudo, amp, channels_last)
+    runners[schedule]()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        runners[schedule]()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
 def _child(args, kind: str, **kw) -> dict:
@@ -122,6 +137,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pgd", type=int, default=5, help="PGD steps of the attack (default 5, the paper's)")
     ap.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast of the step (default fp32)")
     ap.add_argument("--pseudo", default="", help="pseudo-label heads, e.g. 2,10,50 (x_ce and L_PS; default none)")
+    ap.add_argument("--contiguous", action="store_true",
+                    help="NCHW tensors and weights instead of channels_last (the preset field channels_last=False)")
+    ap.add_argument("--profile", default=None, choices=SCHEDULES,
+                    help="print torch.profiler's op table for one step of this schedule at the first width, then stop")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -130,13 +149,18 @@ def main(argv=None) -> int:
         print(json.dumps(child_time(**kw) if kind == "time" else child_mem(**kw)))
         return 0
 
+    if args.profile:
+        width = int(args.widths.split(",")[0])
+        print(profile(width, args.batch if width < 64 else args.full_batch, args.profile, args.threads, args.pgd,
+                      args.pseudo, args.amp, not args.contiguous))
+        return 0
     load0 = os.getloadavg()
     t_all = time.perf_counter()
     rows, ratios, version = [], {}, ""
     for width in [int(w) for w in args.widths.split(",")]:
         batch = args.batch if width < 64 else args.full_batch
         common = {"width": width, "batch": batch, "threads": args.threads, "pgd": args.pgd, "pseudo": args.pseudo,
-                  "amp": args.amp}
+                  "amp": args.amp, "channels_last": not args.contiguous}
         timed = _child(args, "time", warmup=args.warmup, steps=args.steps, **common)
         version = timed["torch"]
         med = {}
@@ -152,7 +176,8 @@ def main(argv=None) -> int:
     load1 = os.getloadavg()
 
     print(f"\nOne AdvCL training step (PGD-{args.pgd} in train mode, 4 views, "
-          f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, channels_last, "
+          f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, "
+          f"{'NCHW' if args.contiguous else 'channels_last'}, "
           f"pseudo-label heads {args.pseudo or 'none'}, "
           f"{args.threads} torch threads) on {platform.processor() or platform.machine()} "
           f"({os.cpu_count()} logical CPUs), torch {version}. Fastest of {args.steps} timed steps after "

@@ -67,3 +67,11 @@ def test_results_set_rejects_a_bad_field_in_one_line():
     assert r.stderr.strip().splitlines()[-1] == (
         "results.py: error: preset field 'amp' must be one of ('none', 'bf16', 'fp16'), not 'bf17'")
     assert not (ROOT / "unused").exists()
+
+
+def test_advcl_step_profile_prints_the_op_table(capsys):
+    advcl_step = _load("advcl_step")
+    assert advcl_step.main(["--widths", "4", "--batch", "4", "--pgd", "1", "--threads", "1", "--contiguous",
+                            "--profile", "batched"]) == 0
+    out = capsys.readouterr().out
+    assert "Self CPU time total" in out and "aten::convolution_backward" in out
