@@ -66,7 +66,7 @@ class Preset:
     eval_pgd_steps: int = 20
     aa_n: int = 0                     # test images for AutoAttack (0: skip)
     # execution
-    amp: str = "none"                 # "none", "bf16" or "fp16"
+    amp: str = "none"                 # "none" (fp32, as the originals), "bf16" or "fp16": a speed switch (README)
     channels_last: bool = True
     ckpt_every: int = 1
     seed: int = 0
@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
         description="The original's full-scale setting for a GPU: ResNet-18, batch 512, 1000 epochs, PGD-5.",
         data="cifar10", train_subset=None, base_width=64, batch_size=512, epochs=1000, lr=0.5, acl_lr=5.0,
         warmup_epochs=10.0, ft_epochs=25, ft_lr=0.01, aff_lr=0.1, ft_batch_size=512, aff_batch_size=128,
-        eval_n=10000, aa_n=10000, amp="bf16", channels_last=True, ckpt_every=10,
+        eval_n=10000, aa_n=10000, channels_last=True, ckpt_every=10,
     ),
 }
 

@@ -255,6 +255,7 @@ def test_presets_keep_the_originals_method_settings():
         assert (p.pgd_steps, p.attack_mode, p.base_temperature, p.pseudo_lambda) == (5, "train", 0.07, 0.2), name
         assert p.pseudo_ks == (2, 10, 50, 100, 500) and p.acl_optimizer == "lars" and p.acl_head == "acl", name
         assert (p.ft_pgd_steps, p.eval_pgd_steps) == (10, 20), name
+        assert p.amp == "none", f"{name}: the originals train in fp32; bf16 is the switch --set amp=bf16"
         assert p.warmup_epochs == pytest.approx(p.epochs / 100) or name == "smoke", name
         assert p.lr == pytest.approx(0.5 * p.batch_size / 512) and p.acl_lr == pytest.approx(5.0 * p.batch_size / 512)
     assert get_preset("paper").advcl_lr_per_epoch is True
