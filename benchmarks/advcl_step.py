@@ -23,10 +23,18 @@ The input is a batch of the real CIFAR-10 images embedded in the package.
 
     python benchmarks/advcl_step.py                          # width 16 @ 128, width 64 @ 16, 1 warm-up + 3 steps
     python benchmarks/advcl_step.py --batch 256 --steps 5    # more, slower
+
+Candidate speed-ups of advcl_lite's step, each against today's code in one process (``--ab``), and where the
+time goes (``--profile``):
+
+    python benchmarks/advcl_step.py --ab layout --steps 5    # channels_last (default) vs NCHW
+    python benchmarks/advcl_step.py --ab relu --steps 5      # ReLU out of place (today) vs in place
+    python benchmarks/advcl_step.py --profile once           # torch.profiler's op table, width 16
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -120,6 +128,58 @@ def profile(width: int, batch: int, schedule: str, threads: int, pgd: int, pseud
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+@contextlib.contextmanager
+def _relu_inplace(on: bool):
+    """The backbone with ``F.relu(..., inplace=on)`` (a candidate change, the same values), restored on exit."""
+    import torch
+    import torch.nn.functional as F
+
+    from advcl_lite import models
+
+    saved = models.BasicBlock.forward, models.ResNet18._features
+
+    def block(self, x):
+        out = F.relu(self.bn1(self.conv1(x)), inplace=on)
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=on)
+
+    def features(self, x):
+        out = self.layer4(self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x)), inplace=on)))))
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+    models.BasicBlock.forward, models.ResNet18._features = block, features
+    try:
+        yield
+    finally:
+        models.BasicBlock.forward, models.ResNet18._features = saved
+
+
+AB = {"layout": ("channels_last", "NCHW"), "relu": ("ReLU out of place", "ReLU in place")}
+
+
+def ab(what: str, width: int, batch: int, steps: int, threads: int, pgd: int) -> dict:
+    """Two variants of advcl_lite's ``once`` step in one process, their steps alternating after one warm-up
+    step each: ``layout`` channels_last (A, the default) vs NCHW (B); ``relu`` out of place (A, today's
+    code) vs in place (B). Returns the median and fastest seconds per step of each and the ratio B/A of
+    the medians (above 1: B is slower)."""
+    if what == "layout":
+        run = {"A": _setup(width, batch, threads, pgd, ("once",))[0]["once"],
+               "B": _setup(width, batch, threads, pgd, ("once",), channels_last=False)[0]["once"]}
+        ctx = {"A": contextlib.nullcontext, "B": contextlib.nullcontext}
+    else:
+        step = _setup(width, batch, threads, pgd, ("once",))[0]["once"]
+        run = {"A": step, "B": step}
+        ctx = {"A": lambda: _relu_inplace(False), "B": lambda: _relu_inplace(True)}
+    times = {"A": [], "B": []}
+    for i in range(2 * (steps + 1)):
+        k = "AB"[i % 2]
+        with ctx[k]():
+            dt = run[k]()
+        if i >= 2:
+            times[k].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"median_s": med, "min_s": {k: min(v) for k, v in times.items()}, "ratio_b_over_a": med["B"] / med["A"]}
+
+
 def _child(args, kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps({"kind": kind, **kw})]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -141,6 +201,9 @@ def main(argv=None) -> int:
                     help="NCHW tensors and weights instead of channels_last (the preset field channels_last=False)")
     ap.add_argument("--profile", default=None, choices=SCHEDULES,
                     help="print torch.profiler's op table for one step of this schedule at the first width, then stop")
+    ap.add_argument("--ab", default=None, choices=sorted(AB),
+                    help="time two variants of advcl_lite's step alternating in one process at each width, then "
+                         "stop: layout (channels_last vs NCHW) or relu (out of place vs in place)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -153,6 +216,20 @@ def main(argv=None) -> int:
         width = int(args.widths.split(",")[0])
         print(profile(width, args.batch if width < 64 else args.full_batch, args.profile, args.threads, args.pgd,
                       args.pseudo, args.amp, not args.contiguous))
+        return 0
+    if args.ab:
+        a, b = AB[args.ab]
+        load0 = os.getloadavg()
+        print(f"| encoder | batch | {a}: s / step, median (fastest) | {b}: s / step, median (fastest) | {b} / {a} |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for width in [int(w) for w in args.widths.split(",")]:
+            batch = args.batch if width < 64 else args.full_batch
+            r = ab(args.ab, width, batch, args.steps, args.threads, args.pgd)
+            m, f = r["median_s"], r["min_s"]
+            print(f"| width {width} | {batch} | {m['A']:.2f} ({f['A']:.2f}) | {m['B']:.2f} ({f['B']:.2f}) "
+                  f"| {r['ratio_b_over_a']:.2f}x |", flush=True)
+        print(f"\nfp32, PGD-{args.pgd} in train mode, {args.threads} torch threads, {args.steps} timed steps each; "
+              f"load average (1 min) {load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after.")
         return 0
     load0 = os.getloadavg()
     t_all = time.perf_counter()

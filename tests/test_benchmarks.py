@@ -75,3 +75,25 @@ def test_advcl_step_profile_prints_the_op_table(capsys):
                             "--profile", "batched"]) == 0
     out = capsys.readouterr().out
     assert "Self CPU time total" in out and "aten::convolution_backward" in out
+
+
+@pytest.mark.parametrize("what", ["layout", "relu"])
+def test_advcl_step_ab_times_both_variants_and_restores_the_model(what):
+    advcl_step = _load("advcl_step")
+    from advcl_lite import models
+    saved = models.BasicBlock.forward, models.ResNet18._features
+    r = advcl_step.ab(what, width=4, batch=8, steps=1, threads=2, pgd=1)
+    assert set(r["median_s"]) == {"A", "B"} and all(v > 0 for v in r["median_s"].values())
+    assert r["ratio_b_over_a"] == pytest.approx(r["median_s"]["B"] / r["median_s"]["A"])
+    assert (models.BasicBlock.forward, models.ResNet18._features) == saved
+
+
+def test_in_place_relu_candidate_computes_the_same_features():
+    advcl_step = _load("advcl_step")
+    from advcl_lite.models import build_net
+    torch.manual_seed(0)
+    net, x = build_net("advcl", 4).train(), torch.rand(6, 3, 32, 32)
+    ref = net.features(x, "pgd")
+    with advcl_step._relu_inplace(True):
+        got = net.features(x, "pgd")
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
