@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -292,10 +295,22 @@ def _rank_tag() -> str:
     return f" (rank {os.environ['RANK']})" if distributed.launched() else ""
 
 
+def _interrupt(signum, frame):
+    """Ctrl-C: silence logging first, so what the interrupt sets off (a notebook kernel that dies of the same
+    signal, nbclient's task failing with it and asyncio reporting that task at exit) prints nothing after it;
+    then interrupt as Python's own handler does."""
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Errors print one line (``ADVCL_DEBUG=1``: the full traceback instead)."""
     args = build_parser().parse_args(argv)
     debug = debug_enabled()
+    previous = signal.getsignal(signal.SIGINT)
+    ours = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if ours:                                       # not where SIGINT is ignored or handled by the caller
+        signal.signal(signal.SIGINT, _interrupt)
     if distributed.launched() and os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")     # under torchrun rank 0 reports; every rank's errors still show
     try:
@@ -316,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         distributed.teardown()     # under torchrun: leave the process group (a failing rank's exit stops the others)
+        if ours:
+            signal.signal(signal.SIGINT, previous)
 
 if __name__ == "__main__":
     sys.exit(main())

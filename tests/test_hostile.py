@@ -348,3 +348,39 @@ def test_sigint_during_the_tour_exits_130_with_one_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_after_ctrl_c_what_the_interrupt_sets_off_prints_nothing(monkeypatch, capsys, caplog):
+    """A notebook kernel that dies of the same Ctrl-C leaves nbclient's task failed and never retrieved; asyncio
+    reports such a task through logging when it is collected (a traceback under the one-line message)."""
+    import asyncio
+    import gc
+    import logging
+
+    from advcl_lite import cli
+
+    def run_then_interrupted(args):
+        loop = asyncio.new_event_loop()
+
+        async def dies():
+            raise RuntimeError("Kernel died")
+
+        task = loop.create_task(dies())
+        loop.run_until_complete(asyncio.sleep(0.01))    # the task fails; nobody retrieves its exception
+        loop.close()
+        run_then_interrupted.task = task
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        raise AssertionError("SIGINT did not interrupt")
+
+    monkeypatch.setattr(cli, "_run", run_then_interrupted)
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    try:
+        assert main(["presets"]) == 130
+        del run_then_interrupted.task
+        gc.collect()                                      # asyncio reports the task here, or stays silent
+        assert capsys.readouterr().err == "interrupted; completed checkpoints are kept (run again to resume)\n"
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # the caller's handler is back
+    finally:
+        logging.disable(logging.NOTSET)
