@@ -130,43 +130,40 @@ def profile(width: int, batch: int, schedule: str, threads: int, pgd: int, pseud
 
 @contextlib.contextmanager
 def _relu_inplace(on: bool):
-    """The backbone with ``F.relu(..., inplace=on)`` (a candidate change, the same values), restored on exit."""
-    import torch
+    """Every ``F.relu`` of ``advcl_lite.models`` with ``inplace=on`` (a candidate change, the same values): the
+    module's ``F`` is swapped for a view of ``torch.nn.functional`` whose ``relu`` has that default, so the
+    network's own code runs; restored on exit."""
+    import functools
+    import types
+
     import torch.nn.functional as F
 
     from advcl_lite import models
 
-    saved = models.BasicBlock.forward, models.ResNet18._features
-
-    def block(self, x):
-        out = F.relu(self.bn1(self.conv1(x)), inplace=on)
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=on)
-
-    def features(self, x):
-        out = self.layer4(self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x)), inplace=on)))))
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-
-    models.BasicBlock.forward, models.ResNet18._features = block, features
+    view = types.SimpleNamespace(**vars(F))
+    view.relu = functools.partial(F.relu, inplace=on)
+    models.F = view
     try:
         yield
     finally:
-        models.BasicBlock.forward, models.ResNet18._features = saved
+        models.F = F
 
 
 AB = {"layout": ("channels_last", "NCHW"), "relu": ("ReLU out of place", "ReLU in place")}
 
 
-def ab(what: str, width: int, batch: int, steps: int, threads: int, pgd: int) -> dict:
+def ab(what: str, width: int, batch: int, steps: int, threads: int, pgd: int, pseudo: str = "",
+       amp: str = "none") -> dict:
     """Two variants of advcl_lite's ``once`` step in one process, their steps alternating after one warm-up
     step each: ``layout`` channels_last (A, the default) vs NCHW (B); ``relu`` out of place (A, today's
     code) vs in place (B). Returns the median and fastest seconds per step of each and the ratio B/A of
     the medians (above 1: B is slower)."""
     if what == "layout":
-        run = {"A": _setup(width, batch, threads, pgd, ("once",))[0]["once"],
-               "B": _setup(width, batch, threads, pgd, ("once",), channels_last=False)[0]["once"]}
+        run = {"A": _setup(width, batch, threads, pgd, ("once",), pseudo, amp)[0]["once"],
+               "B": _setup(width, batch, threads, pgd, ("once",), pseudo, amp, channels_last=False)[0]["once"]}
         ctx = {"A": contextlib.nullcontext, "B": contextlib.nullcontext}
     else:
-        step = _setup(width, batch, threads, pgd, ("once",))[0]["once"]
+        step = _setup(width, batch, threads, pgd, ("once",), pseudo, amp)[0]["once"]
         run = {"A": step, "B": step}
         ctx = {"A": lambda: _relu_inplace(False), "B": lambda: _relu_inplace(True)}
     times = {"A": [], "B": []}
@@ -224,11 +221,12 @@ def main(argv=None) -> int:
         print("| --- | ---: | ---: | ---: | ---: |")
         for width in [int(w) for w in args.widths.split(",")]:
             batch = args.batch if width < 64 else args.full_batch
-            r = ab(args.ab, width, batch, args.steps, args.threads, args.pgd)
+            r = ab(args.ab, width, batch, args.steps, args.threads, args.pgd, args.pseudo, args.amp)
             m, f = r["median_s"], r["min_s"]
             print(f"| width {width} | {batch} | {m['A']:.2f} ({f['A']:.2f}) | {m['B']:.2f} ({f['B']:.2f}) "
                   f"| {r['ratio_b_over_a']:.2f}x |", flush=True)
-        print(f"\nfp32, PGD-{args.pgd} in train mode, {args.threads} torch threads, {args.steps} timed steps each; "
+        print(f"\n{'fp32' if args.amp == 'none' else args.amp + ' autocast'}, PGD-{args.pgd} in train mode, "
+              f"pseudo-label heads {args.pseudo or 'none'}, {args.threads} torch threads, {args.steps} timed steps each; "
               f"load average (1 min) {load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after.")
         return 0
     load0 = os.getloadavg()

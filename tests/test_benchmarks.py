@@ -81,11 +81,11 @@ def test_advcl_step_profile_prints_the_op_table(capsys):
 def test_advcl_step_ab_times_both_variants_and_restores_the_model(what):
     advcl_step = _load("advcl_step")
     from advcl_lite import models
-    saved = models.BasicBlock.forward, models.ResNet18._features
+    saved = models.F
     r = advcl_step.ab(what, width=4, batch=8, steps=1, threads=2, pgd=1)
     assert set(r["median_s"]) == {"A", "B"} and all(v > 0 for v in r["median_s"].values())
     assert r["ratio_b_over_a"] == pytest.approx(r["median_s"]["B"] / r["median_s"]["A"])
-    assert (models.BasicBlock.forward, models.ResNet18._features) == saved
+    assert models.F is saved
 
 
 def test_in_place_relu_candidate_computes_the_same_features():
@@ -96,4 +96,8 @@ def test_in_place_relu_candidate_computes_the_same_features():
     ref = net.features(x, "pgd")
     with advcl_step._relu_inplace(True):
         got = net.features(x, "pgd")
+        from advcl_lite import models
+        t = torch.tensor([-1.0, 2.0])
+        models.F.relu(t)
+        assert t.tolist() == [0.0, 2.0]            # the network's relu did run in place
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
