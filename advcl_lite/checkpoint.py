@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -55,18 +56,77 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under the process's umask (what ``open`` would give), for the temporary
+    files that ``mkstemp`` creates with mode 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp_for(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` (``.<name>.<random>.tmp``, the name cut so the whole stays within
+    the 255 bytes a file name may have), with the umask's mode."""
+    stem = path.name.encode()[:230].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _file_mode())
+    return fd, tmp
+
+
+_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporary files this module's atomic writes leave when a process is killed mid-write
+    (``.<name>.<random>.tmp``; only those of ``name`` when given). Call it only where no other live process
+    writes: under :class:`run_lock`, or for a file this process is about to replace."""
+    folder = Path(folder)
+    gone = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return gone
+    stem = None if name is None else "." + name.encode()[:230].decode(errors="ignore") + "."
+    for f in entries:
+        if _TEMP.match(f.name) and (stem is None or f.name.startswith(stem)) and f.is_file():
+            try:
+                f.unlink()
+                gone.append(f)
+            except OSError:
+                pass
+    return gone
+
+
+def _write_failed(path: Path, e: BaseException) -> CheckpointError:
+    """One message for a write that failed (a full disk, a quota, a vanished folder), naming the file."""
+    import errno
+    import shutil
+
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "enforce fail" in str(e) \
+        or "No space left" in str(e)
+    try:
+        free = f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there)"
+    except OSError:
+        free = ""
+    why = f"the disk is full{free}" if full else (getattr(e, "strerror", None) or str(e).splitlines()[0])
+    return CheckpointError(f"cannot write {path}: {why}; the file it would replace is unchanged. Free space or "
+                           f"choose another --out")
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` atomically: a temporary file in the same folder, then a rename, so a reader never
     sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_for(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_failed(path, e) from None
         raise
     return path
 
@@ -79,24 +139,27 @@ def write_json(path: str | os.PathLike, obj: Any, default=None) -> Path:
 
 def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str, torch.Tensor],
                     meta: dict[str, Any] | None = None, **extra: Any) -> Path:
-    """Atomically write a checkpoint to ``path`` (parent folders are created)."""
+    """Atomically write a checkpoint to ``path`` (parent folders are created). A failed write (a full
+    disk) is a :class:`CheckpointError` naming the file; the file it would replace is unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                "meta": _plain(meta or {}), "state_dict": strip_prefix(state_dict)}
     payload.update(extra)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_for(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, (OSError, RuntimeError)):
+            raise _write_failed(path, e) from None
         raise
     return path
 
@@ -134,10 +197,17 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{str(path)!r} has format version {payload['format_version']}, newer than this "
                               f"advcl_lite understands ({FORMAT_VERSION}); upgrade advcl_lite")
+    for key, typ, what in (("state_dict", dict, "a dict of tensors"), ("meta", dict, "a dict")):
+        if not isinstance(payload.get(key), typ):
+            found = "is missing" if key not in payload else f"is a {type(payload[key]).__name__}, not {what}"
+            raise CheckpointError(f"{str(path)!r} has the advcl_lite format tag, but its {key!r} {found}: it was "
+                                  f"damaged or written by other code; re-create it")
     if kind is not None:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if payload.get("kind") not in kinds:
-            raise CheckpointError(f"{str(path)!r} is a {payload.get('kind')!r} checkpoint, but a "
+            hint = (" (a shipped or imported encoder file: `advcl-lite finetune --encoder` takes it as it is)"
+                    if payload.get("kind") == "encoder" else "")
+            raise CheckpointError(f"{str(path)!r} is a {payload.get('kind')!r} checkpoint{hint}, but a "
                                   f"{' or '.join(repr(k) for k in kinds)} checkpoint is needed here")
     payload["path"] = str(path)
     return payload
@@ -255,6 +325,7 @@ class run_lock:
             with os.fdopen(fd, "w") as f:
                 f.write(f"{me}\n")
             self.owned = True
+            remove_stale_temps(self.folder)     # left by a writer killed mid-write; the folder is ours now
             return self
         raise RunLockedError(f"could not take the lock {self.path}; delete it if no run is writing {self.folder}")
 
@@ -262,6 +333,22 @@ class run_lock:
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
+
+
+# the files that make a folder a run of one kind (a pretraining run's checkpoints, a finetuned model)
+RUN_FILES = {"pretrain": ("last.pt", "final.pt"), "finetune": ("model.pt",)}
+
+
+def check_run_kind(folder: str | os.PathLike, kind: str) -> None:
+    """Refuse to write a ``kind`` run into ``folder`` when it holds a run of another kind: both write
+    ``history.json`` (and more), so one would replace the other's files."""
+    folder = Path(folder)
+    for other, names in RUN_FILES.items():
+        found = [n for n in names if other != kind and (folder / n).exists()]
+        if found:
+            raise CheckpointError(f"{folder} holds a {other} run ({found[0]}); a {kind} run there would replace "
+                                  f"its history.json. A run folder belongs to one kind of run: choose another --out "
+                                  f"(e.g. {folder / kind})")
 
 
 def set_aside(folder: str | os.PathLike, files) -> Path | None:

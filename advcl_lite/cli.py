@@ -21,7 +21,7 @@ from . import distributed
 from .checkpoint import CheckpointError, check_writable, write_json
 from .data import DataError, load_dataset
 from .evaluate import evaluate
-from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_image_size, finetune, load_finetuned, load_split
+from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_classes, check_image_size, finetune, load_finetuned, load_split
 from .presets import PRESETS, check_count, get_preset
 from .pretrain import pretrain, pretrain_dataset, run_name
 from .pretrained import REMAKE, EncoderError, available, encoder_dir, load_pretrained_encoder, table
@@ -42,6 +42,11 @@ def _preset_args(p: argparse.ArgumentParser, default: str = "quick") -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _progress(args: argparse.Namespace) -> bool | None:
+    """``--no-progress`` turns the bars off; otherwise ``None`` leaves the choice to ``ADVCL_PROGRESS``."""
+    return False if args.no_progress else None
+
+
 def preset_from_args(args: argparse.Namespace):
     overrides = {}
     for item in args.set:
@@ -51,6 +56,8 @@ def preset_from_args(args: argparse.Namespace):
         overrides[k.strip()] = v.strip()
     if args.data:
         overrides["data"] = args.data
+    if getattr(args, "image_size", None) is not None:
+        check_count("--image-size", args.image_size)
     return get_preset(args.preset, **overrides)
 
 
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_data(p, args):
     """The preset's data, or its train split resized when ``--image-size`` is given."""
-    return load_dataset(p.data, "train", image_size=args.image_size) if args.image_size else p.data
+    return load_dataset(p.data, "train", image_size=args.image_size) if args.image_size is not None else p.data
 
 
 def cli_presets(args) -> int:
@@ -164,7 +171,7 @@ def cli_pretrain(args) -> int:
               f"--pseudo-labels FILE to use others, --no-pseudo-labels for the ablation)", flush=True)
     res = pretrain(args.method, p, out_dir=out, data=data, view=args.view, radius=args.radius,
                    pseudo_labels=pseudo, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, recompute_anchors=args.recompute_anchors, labels_dir=labels_dir,
+                   progress=_progress(args), recompute_anchors=args.recompute_anchors, labels_dir=labels_dir,
                    sync_bn=args.sync_bn)
     if not distributed.is_main():
         return 0
@@ -215,7 +222,7 @@ def cli_pseudo_labels(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pl = make_pseudo_labels(args.encoder, ds, ks, seed=p.seed, device=args.device,
-                                progress=not args.no_progress)
+                                progress=_progress(args))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     pl.meta["preset"] = p.name
@@ -239,7 +246,7 @@ def cli_finetune(args) -> int:
     if (out / CHECKPOINT_NAME).exists() and not args.overwrite:
         raise ValueError(f"{out / CHECKPOINT_NAME} already exists; pass --overwrite to replace it, or --out another folder")
     res = finetune(enc, args.scheme, p, data=p.data, out_dir=out, device=args.device,
-                   progress=not args.no_progress, image_size=args.image_size)
+                   progress=_progress(args), image_size=args.image_size)
     metrics = {"checkpoint": str(res.checkpoint), "scheme": res.meta["scheme"], "preset": p.name,
                "encoder": res.meta["encoder"]["path"], "encoder_method": res.meta["encoder"]["method"],
                "route": res.meta["encoder"]["route"], "dataset": res.meta["dataset"], "train": res.meta["train"],
@@ -269,10 +276,8 @@ def cli_evaluate(args) -> int:
     size = args.image_size or meta.get("resize")
     test = load_split(source, "test", size)
     check_image_size(test, meta.get("image_size"), what=f"the model {args.model!r}")
-    if test.num_classes != meta["num_classes"]:
-        raise ValueError(f"{test.name} has {test.num_classes} classes but the model was finetuned for "
-                         f"{meta['num_classes']} ({meta.get('dataset_name')}); pass the matching --data")
-    r = evaluate(model, test, attack=attack, n=n, eps=args.eps, seed=p.seed, progress=not args.no_progress)
+    check_classes(test, meta, f"the model {args.model!r}")
+    r = evaluate(model, test, attack=attack, n=n, eps=args.eps, seed=p.seed, progress=_progress(args))
     if args.json:
         print(json.dumps({"model": str(args.model), "scheme": meta.get("scheme"),
                           "encoder_method": meta.get("encoder", {}).get("method"), **r}, indent=1))

@@ -73,6 +73,18 @@ def student_copy(nb, name: str, student_dir: str = STUDENT_DIR):
     return nb
 
 
+def holds_solutions(path: str | os.PathLike) -> bool:
+    """Whether the notebook at ``path`` has an exercise with its solution written in (a ``### BEGIN SOLUTION``
+    region), as the instructor notebooks do and the student copies do not."""
+    import json
+
+    try:
+        cells = json.loads(Path(path).read_text()).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(BEGIN in "".join(c.get("source", "")) for c in cells if isinstance(c, dict))
+
+
 def write_student_copies(notebooks: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
                          overwrite: bool = False) -> list[Path]:
     """Write the student copy of each notebook in ``notebooks`` (the tour's: ``tour.list_notebooks()``) to
@@ -88,6 +100,12 @@ def write_student_copies(notebooks: Sequence[str | os.PathLike], out: str | os.P
         raise FileNotFoundError("no notebooks (*.ipynb) to make student copies of")
     dst = Path(out) if out is not None else paths[0].parent / STUDENT_DIR
     copies = {p.name: nbformat.writes(student_copy(nbformat.read(p, as_version=4), p.name)) + "\n" for p in paths}
+    sources = {p.resolve() for p in paths}
+    solved = [n for n in copies if (dst / n).exists() and ((dst / n).resolve() in sources or holds_solutions(dst / n))]
+    if solved:                # an instructor notebook: its solutions are never replaced, --overwrite or not
+        raise FileExistsError(f"{dst}: {', '.join(solved)} hold the exercises' solutions (instructor notebooks), "
+                              f"which student copies never replace; choose another --out (default: "
+                              f"{paths[0].parent / STUDENT_DIR})")
     clash = [n for n, text in copies.items() if (dst / n).exists() and (dst / n).read_text() != text]
     if clash and not overwrite:
         raise FileExistsError(f"{dst}: {', '.join(clash)} already exist with other content (edited by hand?); "

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -182,15 +183,38 @@ def class_interleaved(ds: ImageDataset, n: int | None = None, seed: int = 0) -> 
 
 # --------------------------------------------------------------------------- sources
 
+# Pillow modes whose pixels are wider than 8 bits: scaled to 0-255 (65535 -> 255), never clipped
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb8(img, where: str) -> np.ndarray:
+    """A Pillow image as 8-bit RGB (H, W, 3): 16-bit greyscale is scaled by 255/65535 (Pillow's own
+    ``convert`` clips it to white), palettes, alpha, CMYK and the other 8-bit modes go through ``convert``;
+    float pixels (mode ``F``), whose range is not defined, are refused by name."""
+    if img.mode in _WIDE_MODES:
+        a = np.asarray(img).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(f"cannot use image {where}: its 32-bit integer pixels span [{a.min():.0f}, {a.max():.0f}], "
+                            f"beyond 16 bits; convert it to an 8-bit RGB PNG or JPEG")
+        g = np.round(a * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise DataError(f"cannot use image {where}: its pixels are 32-bit floats (Pillow mode 'F') with no defined "
+                        f"range; convert it to an 8-bit RGB PNG or JPEG")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def _decode(blob: bytes, size: int | None, where: str) -> np.ndarray:
     from PIL import Image
     try:
-        img = Image.open(io.BytesIO(blob)).convert("RGB")
+        img = Image.open(io.BytesIO(blob))
+        img.load()
     except Exception as e:  # noqa: BLE001 - PIL raises many types
         raise DataError(f"cannot decode image {where}: {e}") from None
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    arr = _to_rgb8(img, where)
+    if size is not None and arr.shape[:2] != (size, size):
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return arr
 
 
 def load_sample(split: str = "train") -> ImageDataset:
@@ -211,24 +235,108 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("ADVCL_CACHE", Path.home() / ".cache" / "advcl_lite"))
 
 
+SPLIT_NAMES = ("train", "test", "val")
+
+
+def _is_junk(name: str) -> bool:
+    """Files an archiver or a file manager adds beside images: macOS ``__MACOSX/`` and ``._*`` resource forks."""
+    parts = name.split("/")
+    return "__MACOSX" in parts or parts[-1].startswith("._")
+
+
 def _split_files(names: list[str], split: str, where: str) -> tuple[list[str], list[str]]:
-    """From image paths (posix, relative), pick those of ``split`` in ImageFolder layout."""
-    parts = [n.split("/") for n in names]
-    with_split = [p for p in parts if len(p) >= 3 and p[-3] == split]
-    chosen = with_split
+    """From image paths (posix, relative), pick those of ``split`` in ImageFolder layout:
+    ``[<top>/]<split>/<class>/<image>``, or without split folders ``[<top>/]<class>/<image>`` (one training
+    split). A file nested deeper (``train/cat/day/x.png``) is refused with its path, never taken as a class."""
+    parts = [n.split("/") for n in names if not _is_junk(n)]
+
+    def split_at(p: list[str], name: str) -> int | None:
+        for i in range(min(2, len(p) - 2)):      # the split folder is at the top, or under one top folder
+            if p[i] == name:
+                return i
+        return None
+
+    chosen = []
+    for p in parts:
+        i = split_at(p, split)
+        if i is None:
+            continue
+        if len(p) != i + 3:
+            raise DataError(f"{where}: {'/'.join(p)} lies deeper than <split>/<class>/<image>; subfolders of a "
+                            f"class folder are not read as classes or merged: move its images into "
+                            f"{'/'.join(p[:i + 2])}/")
+        chosen.append(p)
     if not chosen:
-        splits_seen = sorted({p[-3] for p in parts if len(p) >= 3})
-        if splits_seen and any(s in ("train", "test", "val") for s in splits_seen):
-            raise DataError(f"{where} has no {split!r} split (found: {', '.join(splits_seen)}); pass split= one of those")
+        splits_seen = sorted({p[i] for p in parts for i in range(min(2, len(p) - 2)) if p[i] in SPLIT_NAMES})
+        if splits_seen:
+            raise DataError(f"{where} has no {split!r} split (found: {', '.join(splits_seen)}); put its images "
+                            f"under {split}/<class>/ beside {splits_seen[0]}/, or pass data that has one")
         if split != "train":
             raise DataError(f"{where} has no split folders, so all its images form one training split; split={split!r} "
                             f"would silently reuse the training images. Put held-out images under {split}/<class>/ "
                             f"(beside train/<class>/), or pass a separate folder of them")
-        chosen = [p for p in parts if len(p) >= 2]
+        depths = {len(p) for p in parts}
+        tops = {p[0] for p in parts}
+        if depths == {2} or (depths == {3} and len(tops) == 1):
+            chosen = parts
+        elif parts:
+            deep = max(parts, key=len)
+            raise DataError(f"{where}: {'/'.join(deep)} does not fit the layout [<top>/]<class>/<image> (or "
+                            f"<split>/<class>/<image>); subfolders of a class folder are not read: move its images "
+                            f"into their class folder")
     if not chosen:
         raise DataError(f"{where} holds no images in ImageFolder layout (<split>/<class>/<image>)")
     classes = sorted({p[-2] for p in chosen})
     return ["/".join(p) for p in sorted(chosen, key=lambda p: (p[-2], p[-1]))], classes
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Every image file under ``root``, following symbolic links to folders (a link that leads back into a
+    folder already walked is skipped, so a loop ends). Sorted."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        out += [Path(dirpath) / f for f in filenames if f.lower().endswith(IMG_EXTS) and not f.startswith("._")]
+    return sorted(out)
+
+
+# an image member larger than this (declared, uncompressed) is refused before it is read: no image of a data
+# set these models take comes near it, and a zip bomb's member does
+MAX_MEMBER_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 16 << 30
+
+
+def _zip_members(zf: zipfile.ZipFile, path: Path) -> list[str]:
+    """The image members of a zip, with their declared sizes checked before anything is decompressed."""
+    infos = [i for i in zf.infolist() if i.filename.lower().endswith(IMG_EXTS) and not _is_junk(i.filename)]
+    for i in infos:
+        if i.file_size > MAX_MEMBER_BYTES:
+            raise DataError(f"{path}: member {i.filename} declares {i.file_size / 2**20:.0f} MiB uncompressed "
+                            f"({i.compress_size / 2**20:.1f} MiB in the zip), more than any image here may hold "
+                            f"({MAX_MEMBER_BYTES >> 20} MiB); it is not read. Re-create the zip from the image files")
+    total = sum(i.file_size for i in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise DataError(f"{path}: its images declare {total / 2**30:.1f} GiB uncompressed, beyond the "
+                        f"{MAX_TOTAL_BYTES >> 30} GiB this loader decodes into memory; split the data or pass a "
+                        f"smaller zip")
+    return [i.filename for i in infos]
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DataError(f"{path}: member {name} cannot be read ({e}); the zip is damaged: re-copy or re-create "
+                        f"it") from None
+
+
+def _is_zip(path: Path) -> bool:
+    return path.suffix.lower() == ".zip" and not path.is_dir()
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -244,16 +352,15 @@ def _content_key(path: Path) -> str:
     (directory), or every member's name, size and CRC (zip). The decode cache is keyed on it, so
     adding, removing, replacing or renaming an image makes a new cache entry."""
     h = hashlib.sha1()
-    if path.suffix == ".zip":
+    if _is_zip(path):
         with _open_zip(path) as zf:
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 if info.filename.lower().endswith(IMG_EXTS):
                     h.update(f"{info.filename}|{info.file_size}|{info.CRC}\n".encode())
     elif path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.suffix.lower() in IMG_EXTS:
-                st = p.stat()
-                h.update(f"{p.relative_to(path).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for p in _image_files(path):
+            st = p.stat()
+            h.update(f"{p.relative_to(path).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -272,7 +379,8 @@ def load_image_folder(path: str | os.PathLike, split: str = "train", image_size:
                         f"a .zip in that layout, or one of: sample, cifar10, cifar100, stl10")
     key = hashlib.sha1(f"{path.resolve()}|{_content_key(path)}|{split}|{image_size}".encode()).hexdigest()[:16]
     cache_file = _cache_dir() / f"imagefolder-{key}.npz"
-    name = path.stem if path.suffix == ".zip" else path.name
+    image_size = check_count("image_size (CLI: --image-size)", image_size)
+    name = path.stem if _is_zip(path) else path.name
     if cache and cache_file.exists():
         try:
             with np.load(cache_file, allow_pickle=False) as z:
@@ -280,17 +388,17 @@ def load_image_folder(path: str | os.PathLike, split: str = "train", image_size:
                                     [str(c) for c in z["classes"]], name, split)
         except Exception:  # noqa: BLE001 - a broken cache is rebuilt
             pass
-    if path.suffix == ".zip":
+    if _is_zip(path):
         with _open_zip(path) as zf:
-            names = [n for n in zf.namelist() if n.lower().endswith(IMG_EXTS)]
-            files, classes = _split_files(names, split, str(path))
-            arrays = [_decode(zf.read(f), image_size, f"{f} in {path}") for f in files]
+            files, classes = _split_files(_zip_members(zf, path), split, str(path))
+            arrays = [_decode(_read_member(zf, f, path), image_size, f"{f} in {path}") for f in files]
     elif path.is_dir():
-        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in IMG_EXTS]
+        names = [p.relative_to(path).as_posix() for p in _image_files(path)]
         files, classes = _split_files(names, split, str(path))
         arrays = [_decode((path / f).read_bytes(), image_size, str(path / f)) for f in files]
     else:
-        raise DataError(f"data path {str(path)!r} is neither a directory nor a .zip")
+        raise DataError(f"data path {str(path)!r} is neither a directory nor a .zip file; pass an ImageFolder "
+                        f"directory or a .zip of one")
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         raise DataError(f"{path}: images have different sizes {sorted(sizes)[:4]}; pass image_size=32 (CLI: --image-size 32) to resize them")
@@ -312,6 +420,7 @@ def load_image_folder(path: str | os.PathLike, split: str = "train", image_size:
 
 
 _TV = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10"}
+BUILTIN_DATASETS = ("sample", *_TV)      # names, not paths (a model records them as names)
 
 
 def load_torchvision(name: str, split: str = "train", root: str | os.PathLike | None = None,
@@ -354,13 +463,14 @@ def load_dataset(source: str | os.PathLike = "sample", split: str = "train", *, 
     (e.g. a CIFAR encoder needs 32x32; pass ``image_size`` to resize).
     """
     src = str(source)
+    image_size = check_count("image_size (CLI: --image-size)", image_size)
     if src == "sample":
         ds = load_sample(split)
         if image_size is not None and image_size != ds.image_size:
             ds.images = resize_images(ds.images, image_size)
     elif src in _TV:
         ds = load_torchvision(src, split, root=root, download=download, image_size=image_size)
-    elif os.sep in src or "/" in src or src.endswith(".zip") or Path(src).exists():
+    elif os.sep in src or "/" in src or src.lower().endswith(".zip") or Path(src).exists():
         ds = load_image_folder(src, split, image_size=image_size)
     else:
         raise DataError(f"unknown dataset {src!r}; use sample, cifar10, cifar100, stl10, or a path "

@@ -59,14 +59,15 @@ import torch.nn.functional as F
 
 from . import distributed
 from .attacks import PGD, TradesPGD
-from .checkpoint import (CheckpointError, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside,
+from .checkpoint import (CheckpointError, check_run_kind, load_checkpoint, load_weights, run_lock, save_checkpoint, set_aside,
                          sha256_file, state_dict_sha256, write_json)
-from .data import DataError, ImageDataset, class_balanced_subset, load_dataset, resize_images, train_val_split
+from .data import BUILTIN_DATASETS, DataError, ImageDataset, class_balanced_subset, load_dataset, resize_images, train_val_split
 from .evaluate import evaluate
 from .losses import NonFiniteLossError, trades_kl
 from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
                      to_channels_last)
 from .presets import Preset, get_preset
+from .pretrained import KIND as ENCODER_KIND, load_encoder_file
 from .runtime import autocast, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
 from .views import crop_flip
 
@@ -130,6 +131,14 @@ def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[
     ``feature_dim``. ``route`` overrides the BN route (default: the checkpoint's ``eval_route``;
     ``pgd`` for a network that has it, else its first route).
     """
+    if isinstance(encoder, (str, os.PathLike)) and load_checkpoint(encoder).get("kind") == ENCODER_KIND:
+        path = Path(encoder)                # a shipped (or re-made) encoder file with its manifest beside it
+        enc = load_encoder_file(path, "cpu")
+        m = enc.manifest
+        info = {"source": "encoder file", "class": "ResNet18", "path": str(path.resolve()), "sha256": m.get("sha256"),
+                "route": m.get("route"), "method": m.get("method"), "run_name": m.get("name"),
+                "image_size": m.get("image_size", 32), "base_width": enc.base_width, "pretrain_meta": {}}
+        return enc, info
     if isinstance(encoder, (str, os.PathLike)):
         path = Path(encoder)
         net, meta = load_pretrained(path, "cpu")
@@ -174,6 +183,28 @@ def load_split(data, split: str = "train", image_size: int | None = None) -> Ima
     if isinstance(data, ImageDataset):
         return _resize(data, image_size) if image_size else data
     return load_dataset(str(data), split, image_size=image_size)
+
+
+def data_source(data) -> str | None:
+    """How a model records the data it was finetuned on: a built-in set by its name, a folder or zip by its
+    absolute path (so ``evaluate`` finds it from any working directory), an in-memory dataset as None."""
+    if isinstance(data, ImageDataset):
+        return None
+    src = str(data)
+    return src if src in BUILTIN_DATASETS or not Path(src).expanduser().exists() else str(Path(src).expanduser().resolve())
+
+
+def check_classes(ds: ImageDataset, meta: dict[str, Any], what: str) -> None:
+    """Refuse to score ``what`` (a finetuned model, its ``meta``) on data whose classes differ from those it was
+    trained on, in name or order: its outputs would be compared with the wrong labels."""
+    want = meta.get("classes")
+    if want is not None and list(ds.classes) != list(want):
+        raise DataError(f"{ds.name} has the classes {list(ds.classes)}, but {what} was finetuned on {list(want)} "
+                        f"(in that order): its outputs would be scored against the wrong labels; pass the data it "
+                        f"was finetuned on (--data), or finetune on this data")
+    if ds.num_classes != int(meta.get("num_classes", ds.num_classes)):
+        raise DataError(f"{ds.name} has {ds.num_classes} classes but {what} was finetuned for "
+                        f"{meta['num_classes']} ({meta.get('dataset_name')}); pass the matching --data")
 
 
 def check_image_size(ds: ImageDataset, expected: int | None, what: str = "the encoder") -> None:
@@ -243,6 +274,11 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
     p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
     dev = distributed.setup(resolve_device(device))
     enc, info = resolve_encoder(encoder, route)
+    bad = [k for k, v in enc.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"the encoder {info.get('path') or info.get('class')} has non-finite weights (NaN/inf) "
+                              f"in {bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}: its pretraining "
+                              f"diverged; finetune an earlier checkpoint, or pretrain again with a lower lr")
     ds = load_split(data if data is not None else p.data, "train", image_size)
     check_image_size(ds, info.get("image_size"))
     if ds.num_classes < 2:
@@ -253,6 +289,7 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
                         f"use more images (ft_subset) or another val_fraction")
     if out_dir is None:
         return _finetune(enc, info, scheme, p, ds, train, val, data, None, dev, progress, image_size)
+    check_run_kind(out_dir, "finetune")
     with run_lock(out_dir) if distributed.is_main() else contextlib.nullcontext():   # one writer, before the work
         return _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size)
 
@@ -324,8 +361,11 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
                     loss = ce + p.trades_beta * kl
                     parts = {"loss": loss, "loss_ce": ce, "loss_kl": kl}
             if not torch.isfinite(loss):
+                key = "aff_lr" if scheme == "aff" else "ft_lr"
+                cause = (f"amp={p.amp!r} has too little range here; use amp='none'" if p.amp != "none" else
+                         f"the learning rate {key}={getattr(p, key):g} is too large for this run; lower it")
                 raise NonFiniteLossError(f"non-finite {scheme.upper()} loss ({loss.item()}) at epoch {epoch}; "
-                                         f"lower the lr (ft_lr / aff_lr) or use amp='none'")
+                                         f"likely cause: {cause}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -360,7 +400,7 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
 
     meta = {"scheme": scheme, "preset": p.to_dict(), "preset_name": p.name, "encoder": info,
             "config": _config(scheme, p, info, ds, image_size),
-            "data_source": None if isinstance(data, ImageDataset) else str(data if data is not None else p.data),
+            "data_source": data_source(data if data is not None else p.data),
             "dataset": ds.id, "dataset_name": ds.name, "train": train.id, "val": val.id,
             "num_train": len(train), "num_val": len(val), "classes": list(ds.classes),
             "num_classes": ds.num_classes, "image_size": ds.image_size, "resize": image_size,

@@ -11,6 +11,7 @@ show the paper's numbers; see BENCHMARKS.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -188,7 +189,16 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         raise ValueError(f"preset field {key!r} cannot take {value!r} (expected a value like {current!r})") from None
 
 
+MAX_SEED = 2**63 - 1   # what every random generator the library seeds (torch, NumPy, Python) accepts
+
+
 def _validate(p: Preset) -> None:
+    for f in fields(Preset):        # every number enters here: nan and inf pass every comparison below
+        v = getattr(p, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"preset field {f.name!r} must be a finite number, not {v!r}")
+    if not 0 <= p.seed <= MAX_SEED:
+        raise ValueError(f"preset field 'seed' must be a whole number in [0, 2**63 - 1], not {p.seed}")
     for key, allowed in _CHOICES.items():
         if getattr(p, key) not in allowed:
             raise ValueError(f"preset field {key!r} must be one of {allowed}, not {getattr(p, key)!r}")
@@ -199,6 +209,9 @@ def _validate(p: Preset) -> None:
     for key in ("batch_size", "epochs", "base_width", "ft_batch_size", "aff_batch_size", "eval_n", "ckpt_every"):
         if getattr(p, key) < 1:
             raise ValueError(f"preset field {key!r} must be >= 1, not {getattr(p, key)}")
+    if p.batch_size < 2:
+        raise ValueError(f"preset field 'batch_size' must be >= 2, not {p.batch_size}: a contrastive loss contrasts "
+                         f"each image with the others of its batch")
     for key in ("train_subset", "ft_subset"):
         if getattr(p, key) is not None and getattr(p, key) < 1:
             raise ValueError(f"preset field {key!r} must be >= 1 (or 'all'), not {getattr(p, key)}: "

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed
-from .checkpoint import (CheckpointError, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint,
+from .checkpoint import (CheckpointError, check_run_kind, check_writable, load_checkpoint, load_weights, run_lock, save_checkpoint,
                          set_aside, write_json)
 from .data import ImageDataset, class_balanced_subset, load_dataset
 from .frequency import scaled_radius
@@ -230,6 +230,18 @@ def _kept(last: Path, wrote_last: bool) -> str:
                                                    if last.exists() or (last.parent / 'final.pt').exists() else ""))
 
 
+def nonfinite_hint(method: str, preset: Preset) -> str:
+    """The likely cause of a non-finite pretraining loss, for its error message: the setting that
+    overflows, or the learning rate this method actually uses (LARS's ``acl_lr`` or SGD's ``lr``)."""
+    if preset.temperature < 1e-3:
+        return (f"temperature={preset.temperature:g} makes exp(similarity / temperature) overflow; use a value "
+                f"near the original's 0.5")
+    if preset.amp != "none":
+        return f"amp={preset.amp!r} has too little range here; use amp='none'"
+    key = "acl_lr" if uses_lars(method, preset) else "lr"
+    return f"the learning rate {key}={getattr(preset, key):g} is too large for this run; lower it"
+
+
 def _all_finite(net: nn.Module) -> bool:
     with torch.no_grad():
         return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
@@ -263,6 +275,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
     radius_arg = radius
     device = distributed.setup(resolve_device(device))   # under torchrun: join the process group first
     out_dir = check_writable(out_dir, "run folder")   # before any work, pseudo-labels included
+    check_run_kind(out_dir, "pretrain")
     preset, ds, radius, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides,
                                               labels_dir or out_dir / "pseudo-labels", device, progress)
     if max_epochs is not None and max_epochs < 0:
@@ -335,8 +348,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
             if not _all_finite(net):            # the weights are the same on every rank: every rank stops
                 raise NonFiniteLossError(
                     f"the weights of {name} became non-finite (NaN/inf) during epoch {epoch}; nothing was written, "
-                    f"{_kept(last, wrote_last)}. "
-                    f"Lower lr (now {preset.lr}) or use amp='none'.")
+                    f"{_kept(last, wrote_last)}. Likely cause: {nonfinite_hint(method, preset)}.")
             ranks = distributed.all_gather_object({"cpu": torch.get_rng_state().tolist(),
                                                    "views": view_gen.get_state().tolist()}) if world > 1 else []
             if not main:
@@ -369,8 +381,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
                     parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                     raise NonFiniteLossError(
                         f"non-finite loss ({parts}) in epoch {epoch + 1} of {name}; nothing was written, "
-                        f"{_kept(last, wrote_last)}. Lower lr (now {preset.lr}), "
-                        f"or use amp='none'.")
+                        f"{_kept(last, wrote_last)}. Likely cause: {nonfinite_hint(method, preset)}.")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

@@ -100,11 +100,22 @@ def load_pretrained_encoder(name: str, device=None, folder: str | os.PathLike | 
         ck = load_checkpoint(path, kind=KIND)
     except CheckpointError as e:
         raise EncoderError(f"{e}; re-make it with {REMAKE}") from None
-    width = int(m["architecture"]["base_width"])
+    try:
+        width = int(m["architecture"]["base_width"])
+    except (KeyError, TypeError, ValueError):
+        raise EncoderError(f"manifest {folder / (name + '.json')} lacks architecture.base_width (the network's "
+                           f"width); re-make it with {REMAKE}") from None
     enc = ResNet18(width)
     load_weights(enc, {k: v.float() for k, v in ck["state_dict"].items()}, str(path))
     enc.manifest = m
     return enc.to(resolve_device(device)).eval()
+
+
+def load_encoder_file(path: str | os.PathLike, device=None) -> ResNet18:
+    """An encoder file (kind ``encoder``: a shipped one, or one of a re-made set) given by its path, checked
+    against the manifest beside it (``<name>.json``) as :func:`load_pretrained_encoder` checks the shipped set."""
+    path = Path(path)
+    return load_pretrained_encoder(path.stem, device=device, folder=path.parent)
 
 
 def resolve_encoders(encoders: str, preset) -> str:

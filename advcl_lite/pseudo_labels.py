@@ -47,8 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import (CheckpointError, load_checkpoint, save_checkpoint, sha256_file, state_dict_sha256,
-                         tensor_bytes)
+from .checkpoint import (CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, sha256_file,
+                         state_dict_sha256, tensor_bytes)
 from .data import DataError, ImageDataset
 from .models import ContrastiveNet, ResNet18, load_pretrained
 from .presets import PRESETS
@@ -404,6 +404,7 @@ class PseudoLabels:
         if self.item_means is not None:
             state["item_means"] = self.item_means.float()
         save_checkpoint(path, kind=KIND, state_dict=state, meta=self.meta)
+        remove_stale_temps(path.parent, path.name)   # an earlier write of this file killed midway left them
         self.path = path
         return path
 

@@ -41,21 +41,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """
     if isinstance(device, torch.device):
         return device
+    src = ""
     if device is None or device == "auto":
         device = os.environ.get(DEVICE_ENV, "auto")
+        src = f" (from the environment variable {DEVICE_ENV}={device}; unset it or set it to cpu)" \
+            if device != "auto" else ""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    fix = src or "; use --device cpu or auto"
     kind = str(device).split(":")[0]
     if kind not in _VALID:
-        raise ValueError(f"unknown device {device!r}; use one of auto, cpu, cuda, cuda:N, mps")
+        raise ValueError(f"unknown device {device!r}{src}; use one of auto, cpu, cuda, cuda:N, mps")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available here{fix}")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device 'mps' was asked for but MPS is not available here; use --device cpu or auto")
+        raise RuntimeError(f"device 'mps' was asked for but MPS is not available here{fix}")
     return torch.device(device)
 
 

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .checkpoint import write_json
+from .checkpoint import run_lock, write_json
 from .data import DataError
 from .presets import PRESETS, get_preset
 from .pretrained import resolve_encoders
@@ -163,6 +163,23 @@ def find_notebook(notebook: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- running one notebook
 
 @contextmanager
+def _quiet_executor() -> Iterator[None]:
+    """Silence papermill's and nbclient's own log lines (e.g. "Timeout waiting for execute reply") while a
+    notebook runs: a failure is reported once, by the tour's ``error:`` line."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("papermill", "nbclient", "traitlets")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextmanager
 def _environ(**values: str) -> Iterator[None]:
     """Set environment variables for the kernel papermill starts (it inherits them), then restore."""
     old = {k: os.environ.get(k) for k in values}
@@ -253,7 +270,7 @@ def run_notebook(notebook: str | os.PathLike, out_dir: str | os.PathLike, preset
            HEADLESS_ENV: "1"}
     t0 = time.perf_counter()
     try:
-        with _environ(**env):
+        with _environ(**env), _quiet_executor():
             pm.execute_notebook(str(nb_path), str(output), parameters=params, kernel_name="python3", language="python",
                                 cwd=str(out), progress_bar=False, execution_timeout=timeout, start_timeout=180,
                                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"])   # no kernel log lines in our output
@@ -383,6 +400,11 @@ def run_tour(preset: str = "smoke", out_dir: str | os.PathLike = "tour-out", dat
     data = _resolve_data(data)
     nbs = select_notebooks(only)
     out = Path(out_dir).expanduser().resolve()
+    with run_lock(out):      # a second tour into the same folder is refused before it runs anything
+        return _run_tour(preset, out, data, nbs, how, encoders, timeout, figures)
+
+
+def _run_tour(preset, out: Path, data, nbs, how, encoders, timeout, figures) -> list[dict[str, Any]]:
     work = out / "artifacts"
     print(f"advcl-lite tour: preset {preset}, data {data}, encoders {how}, {len(nbs)} notebook(s) -> {out}",
           flush=True)

@@ -60,7 +60,7 @@ def test_save_is_atomic_a_crash_keeps_the_old_file(tmp_path, net, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckm.torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"cannot write .*last\.pt: disk full; the file it would replace"):
         save_checkpoint(path, kind="pretrain", state_dict=net.state_dict(), meta={"epoch": 2})
     assert path.read_bytes() == good and leftovers(tmp_path) == []
     monkeypatch.undo()

@@ -7,6 +7,7 @@ real processes (kill and resume, SIGINT, a crashing configuration) are short too
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -384,3 +385,310 @@ def test_after_ctrl_c_what_the_interrupt_sets_off_prints_nothing(monkeypatch, ca
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # the caller's handler is back
     finally:
         logging.disable(logging.NOTSET)
+
+
+# --------------------------------------------------------------------------- second pass (issue 25): data entry
+
+def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(path)
+
+
+def test_16_bit_images_are_scaled_to_8_bits_and_float_images_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    from PIL import Image
+    for i, v in enumerate((0, 32768, 65535)):
+        _png(tmp_path / "d" / "train" / "grey" / f"{i}.png", np.full((8, 8), v, np.uint16))
+    assert Image.open(tmp_path / "d" / "train" / "grey" / "1.png").mode.startswith("I")
+    ds = load_image_folder(tmp_path / "d", cache=False)
+    assert sorted(int(ds.images[i].float().mean()) for i in range(3)) == [0, 128, 255]   # scaled, not clipped
+    _png(tmp_path / "d" / "train" / "pal" / "0.png", np.full((8, 8, 3), 40, np.uint8))
+    Image.open(tmp_path / "d" / "train" / "pal" / "0.png").convert("P", palette=Image.ADAPTIVE).save(tmp_path / "d" / "train" / "pal" / "1.png")
+    Image.fromarray(np.full((8, 8, 2), 90, np.uint8), "LA").save(tmp_path / "d" / "train" / "pal" / "2.png")
+    ds = load_image_folder(tmp_path / "d", cache=False)
+    assert ds.images.dtype == torch.uint8 and ds.images.shape[1] == 3
+    assert {int(v) for v in ds.images[ds.labels == 1].flatten().unique()} <= {40, 90}
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(tmp_path / "d" / "train" / "grey" / "f.tif")
+    with pytest.raises(DataError, match=r"f\.tif.*32-bit floats"):
+        load_image_folder(tmp_path / "d", cache=False)
+
+
+def test_subfolders_of_a_class_folder_are_refused_with_their_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    img = np.zeros((8, 8, 3), np.uint8)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            for sub in ("day", "night"):
+                _png(tmp_path / "nested" / split / c / sub / "0.png", img)
+    with pytest.raises(DataError, match=r"train/cat/day/0\.png lies deeper than <split>/<class>/<image>"):
+        load_image_folder(tmp_path / "nested", cache=False)
+    z = tmp_path / "nested.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted((tmp_path / "nested").rglob("*.png")):
+            zf.write(p, "top/" + p.relative_to(tmp_path / "nested").as_posix())
+    with pytest.raises(DataError, match=r"top/test/cat/day/0\.png lies deeper"):
+        load_image_folder(z, "test", cache=False)
+    for c in ("cat", "dog"):                                  # no split folders, and nested: refused too
+        _png(tmp_path / "flat" / c / "day" / "0.png", img)
+    _one_error_line(capsys, ["pretrain", "--method", "simclr", "--preset", "smoke", "--data", str(tmp_path / "flat"),
+                             "--out", str(tmp_path / "r")], "does not fit the layout", "cat/day/0.png")
+
+
+def test_symlinked_class_and_split_folders_are_read_and_a_loop_ends(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "real")
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "a").symlink_to(tmp_path / "real" / "train" / "a", target_is_directory=True)
+    (tmp_path / "d" / "train" / "b").symlink_to(tmp_path / "real" / "train" / "b", target_is_directory=True)
+    ds = load_image_folder(tmp_path / "d", cache=False)
+    assert len(ds) == 6 and ds.classes == ["a", "b"]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "train").symlink_to(tmp_path / "real" / "train", target_is_directory=True)
+    assert len(load_image_folder(tmp_path / "e", cache=False)) == 6
+    (tmp_path / "real" / "train" / "a" / "loop").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert len(load_image_folder(tmp_path / "real", cache=False)) == 6   # a link back into the tree is walked once
+
+
+def test_a_zip_member_too_large_for_an_image_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from advcl_lite import data as data_mod
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_mod, "MAX_MEMBER_BYTES", 1 << 20)
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/a/0.png", b"\0" * (4 << 20))      # 4 MiB of zeros: a few KiB in the zip
+    read = []
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, pwd=None: read.append(name))
+    with pytest.raises(DataError, match=r"bomb\.zip: member train/a/0\.png declares 4 MiB uncompressed"):
+        load_image_folder(z, cache=False)
+    assert read == []                                          # refused before a byte was decompressed
+    monkeypatch.setattr(data_mod, "MAX_TOTAL_BYTES", 1 << 20)
+    monkeypatch.setattr(data_mod, "MAX_MEMBER_BYTES", 64 << 20)
+    with pytest.raises(DataError, match=r"declare 0\.0 GiB uncompressed"):
+        load_image_folder(z, cache=False)
+
+
+def test_zips_from_a_mac_upper_case_names_dirs_named_zip_and_bad_crcs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "f")
+    z = tmp_path / "D.ZIP"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted((tmp_path / "f").rglob("*.png")):
+            zf.write(p, p.relative_to(tmp_path / "f").as_posix())
+            zf.writestr("__MACOSX/" + p.relative_to(tmp_path / "f").parent.as_posix() + "/._" + p.name, b"junk")
+    ds = load_dataset(str(z), "train")                         # upper-case suffix, Finder's ._ entries skipped
+    assert len(ds) == 6 and ds.classes == ["a", "b"]
+    (tmp_path / "f").rename(tmp_path / "d.zip")               # a folder whose name ends in .zip is a folder
+    assert len(load_image_folder(tmp_path / "d.zip", cache=False)) == 6
+    raw = bytearray(z.read_bytes())
+    at = raw.index(b"IDAT") + 8                                # a byte inside the first PNG's pixel data
+    raw[at] ^= 0xFF
+    bad = tmp_path / "crc.zip"
+    bad.write_bytes(bytes(raw))
+    _one_error_line(capsys, ["pretrain", "--method", "simclr", "--preset", "smoke", "--data", str(bad),
+                             "--out", str(tmp_path / "r")], "crc.zip: member train/a/0.png cannot be read", "damaged")
+
+
+@pytest.mark.parametrize("size", ["-5", "0"])
+def test_a_bad_image_size_is_one_line(capsys, tmp_path, size):
+    _one_error_line(capsys, ["pretrain", "--method", "simclr", "--preset", "smoke", "--image-size", size,
+                             "--out", str(tmp_path / "r")], "--image-size must be a whole number >= 1")
+
+
+def test_a_missing_split_names_a_fix_the_cli_has(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "f")
+    (tmp_path / "f" / "val" / "a").mkdir(parents=True)
+    _png(tmp_path / "f" / "val" / "a" / "0.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError) as e:
+        load_image_folder(tmp_path / "f", "test", cache=False)
+    assert "test/<class>/ beside train/" in str(e.value) and "split=" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- second pass: settings and devices
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("hfc_radius=nan", "'hfc_radius' must be a finite number"), ("lr=nan", "'lr' must be a finite number"),
+    ("warmup_epochs=nan", "'warmup_epochs' must be a finite number"), ("acl_lr=inf", "'acl_lr' must be a finite"),
+    ("eps=nan", "'eps' must be a finite"), ("seed=1180591620717411303424", "'seed' must be a whole number in"),
+    ("batch_size=1", "'batch_size' must be >= 2")])
+def test_non_finite_and_out_of_range_numbers_are_refused_by_field(capsys, tmp_path, setting, fragment):
+    _one_error_line(capsys, ["pretrain", "--method", "advcl", "--preset", "smoke", "--set", setting,
+                             "--out", str(tmp_path / "r")], fragment)
+
+
+def test_the_cli_leaves_progress_bars_to_advcl_progress(monkeypatch, tmp_path):
+    from advcl_lite import cli
+    from advcl_lite.runtime import progress_enabled
+    seen = []
+    monkeypatch.setattr(cli, "pretrain", lambda *a, **k: seen.append(progress_enabled(k["progress"])) or
+                        (_ for _ in ()).throw(ValueError("stop")))
+    argv = ["pretrain", "--method", "simclr", "--preset", "smoke", "--out", str(tmp_path)]
+    monkeypatch.setenv("ADVCL_PROGRESS", "0")
+    main(argv)
+    main(argv + ["--no-progress"])
+    monkeypatch.setenv("ADVCL_PROGRESS", "1")
+    main(argv)
+    assert seen == [False, False, True]
+
+
+def test_advcl_device_is_named_when_it_asks_for_a_missing_device(monkeypatch, capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    monkeypatch.setenv("ADVCL_DEVICE", "cuda")
+    line = _one_error_line(capsys, ["pretrain", "--method", "simclr", "--preset", "smoke", "--out", str(tmp_path)],
+                           "ADVCL_DEVICE=cuda", "unset it")
+    assert "use --device cpu or auto" not in line
+
+
+def test_a_non_finite_loss_names_its_likely_cause(sample, tmp_path):
+    from advcl_lite.losses import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match=r"temperature=1e-30 makes exp"):
+        pt.pretrain("simclr", "smoke", out_dir=tmp_path / "t", data=sample, device="cpu", progress=False,
+                    epochs=1, temperature=1e-30, **TINY)
+    with pytest.raises(NonFiniteLossError, match=r"acl_lr=1e\+30 is too large") as e:
+        pt.pretrain("simclr", "smoke", out_dir=tmp_path / "a", data=sample, device="cpu", progress=False,
+                    epochs=1, acl_lr=1e30, **TINY)
+    assert " lr (now" not in str(e.value)
+
+
+def test_an_encoder_with_nan_weights_is_refused_before_finetuning(sample, tmp_path):
+    enc = ResNet18(4)
+    with torch.no_grad():
+        next(enc.parameters()).fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        finetune(enc, "slf", get_preset("smoke", ft_subset=64), data=sample, out_dir=tmp_path, device="cpu",
+                 progress=False)
+
+
+# --------------------------------------------------------------------------- second pass: files and folders
+
+def test_evaluate_refuses_data_whose_classes_differ_and_finds_relative_data_from_anywhere(tmp_path, monkeypatch,
+                                                                                        capsys):
+    monkeypatch.setenv("ADVCL_CACHE", str(tmp_path / "cache"))
+    img = np.zeros((8, 8, 3), np.uint8)
+    for split, classes in (("train", ("a", "c")), ("test", ("a", "b"))):
+        for c in classes:
+            for i in range(10):
+                _png(tmp_path / "ec" / split / c / f"{i}.png", img + i)
+    monkeypatch.chdir(tmp_path)
+    res = finetune(ResNet18(4), "slf", get_preset("smoke", ft_subset=64), data="ec", out_dir=tmp_path / "ft",
+                   device="cpu", progress=False, image_size=None)
+    assert res.meta["data_source"] == str((tmp_path / "ec").resolve())      # a path, stored absolute
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    line = _one_error_line(capsys, ["evaluate", "--preset", "smoke", "--model", str(tmp_path / "ft" / "model.pt"),
+                                    "--attack", "none", "--no-progress"], "['a', 'b']", "['a', 'c']")
+    assert "unknown dataset" not in line
+
+
+def test_a_run_folder_belongs_to_one_kind_of_run(sample, tmp_path, capsys):
+    P = get_preset("smoke", epochs=1, **TINY)
+    enc = pt.pretrain("simclr", P, out_dir=tmp_path / "enc", data=sample, device="cpu", progress=False).checkpoint
+    history = _sha(tmp_path / "enc" / "history.json")
+    with pytest.raises(CheckpointError, match=r"holds a pretrain run \(last\.pt\)|holds a pretrain run \(final\.pt\)"):
+        finetune(enc, "slf", get_preset("smoke", ft_subset=64), data=sample, out_dir=tmp_path / "enc", device="cpu",
+                 progress=False)
+    assert _sha(tmp_path / "enc" / "history.json") == history
+    finetune(enc, "slf", get_preset("smoke", ft_subset=64), data=sample, out_dir=tmp_path / "ft", device="cpu",
+             progress=False)
+    _one_error_line(capsys, ["pretrain", "--method", "simclr", "--preset", "smoke", "--out", str(tmp_path / "ft"),
+                             "--no-progress"], "holds a finetune run (model.pt)", "another --out")
+
+
+def test_student_copies_never_replace_notebooks_that_hold_solutions(tmp_path):
+    import shutil
+
+    from advcl_lite.course import write_student_copies
+    from advcl_lite.tour import list_notebooks
+    nbs = [Path(shutil.copy(p, tmp_path / p.name)) for p in list_notebooks()]
+    before = {p.name: _sha(p) for p in nbs}
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="hold the exercises' solutions") as e:
+            write_student_copies(nbs, tmp_path, overwrite=overwrite)
+        assert "--overwrite" not in str(e.value)
+    assert {p.name: _sha(p) for p in nbs} == before
+
+
+def test_a_shipped_encoder_file_finetunes_and_a_manifest_without_architecture_is_named(sample, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import shutil
+
+    from advcl_lite.pretrained import encoder_dir
+    res = finetune(encoder_dir() / "random.pt", "slf", get_preset("smoke", ft_subset=64), data=sample,
+                   out_dir=tmp_path / "ft", device="cpu", progress=False)
+    assert res.meta["encoder"]["source"] == "encoder file" and res.meta["encoder"]["base_width"] == 16
+    folder = Path(shutil.copytree(encoder_dir(), tmp_path / "set"))
+    m = json.loads((folder / "simclr.json").read_text())
+    del m["architecture"]
+    (folder / "simclr.json").write_text(json.dumps(m))
+    monkeypatch.setenv("ADVCL_ENCODERS", str(folder))
+    assert main(["pretrained", "verify"]) == 2
+    out = capsys.readouterr()
+    assert "FAILED  simclr" in out.out and "lacks architecture.base_width" in out.out
+    assert out.out.count("ok      ") == len(list(folder.glob("*.json"))) - 1      # the others are still checked
+
+
+def test_a_tagged_checkpoint_without_state_dict_or_with_a_list_meta_is_named(tmp_path):
+    from advcl_lite.checkpoint import FORMAT, load_checkpoint
+    for name, payload in (("nostate.pt", {"format": FORMAT, "kind": "pretrain", "meta": {}}),
+                          ("listmeta.pt", {"format": FORMAT, "kind": "pretrain", "meta": [], "state_dict": {}})):
+        torch.save(payload, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"{name}.*format tag, but its '(state_dict|meta)'"):
+            load_checkpoint(tmp_path / name, kind="pretrain")
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from advcl_lite import checkpoint as ck
+    path = ck.save_checkpoint(tmp_path / "model.pt", kind="finetune", state_dict={"w": torch.ones(2)})
+    digest = _sha(path)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(ck.torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"cannot write .*model\.pt: the disk is full"):
+        ck.save_checkpoint(path, kind="finetune", state_dict={"w": torch.zeros(2)})
+    assert _sha(path) == digest and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_files_follow_the_umask_and_stale_temporaries_are_cleared(tmp_path, sample):
+    from advcl_lite import checkpoint as ck
+    old = os.umask(0o022)
+    try:
+        p = ck.save_checkpoint(tmp_path / "x.pt", kind="finetune", state_dict={})
+        j = ck.write_json(tmp_path / "x.json", {})
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o644 and (j.stat().st_mode & 0o777) == 0o644
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / ".model.pt.k3j_x9ab.tmp").write_bytes(b"half")       # what a SIGKILL mid-write leaves
+    (run / "notes.tmp").write_text("mine")                      # not of our naming: kept
+    finetune(ResNet18(4), "slf", get_preset("smoke", ft_subset=64), data=sample, out_dir=run, device="cpu",
+             progress=False)
+    assert not (run / ".model.pt.k3j_x9ab.tmp").exists() and (run / "notes.tmp").exists()
+    labels = PseudoLabels({2: torch.zeros(4, dtype=torch.long)}, {"dataset": "x"})
+    long = tmp_path / ("L" * 247 + ".pt")                       # a legal 250-character name
+    stale = tmp_path / ".labels.pt.abcdefgh.tmp"
+    stale.write_bytes(b"half")
+    labels.save(tmp_path / "labels.pt")
+    labels.save(long)
+    assert long.exists() and not stale.exists()
+
+
+def test_a_second_tour_into_the_same_folder_is_refused(tmp_path, capsys):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".advcl-lock").write_text(f"{other.pid}\n")
+        _one_error_line(capsys, ["tour", "--out", str(tmp_path)], "being written by another run")
+        assert not (tmp_path / "01_frequency_views.ipynb").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_cell_timeout_in_the_tour_prints_only_the_error_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "advcl_lite", "tour", "--timeout", "1", "--only", "01", "--out",
+                        str(tmp_path / "t")], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: notebook 01"), r.stderr
