@@ -4,10 +4,10 @@
 * one AdvCL step (pseudo-labels included) and one ACL step on 2 ranks x B/2 images give the loss, the
   updated weights and the BN running statistics of one process on B images (SyncedBatchNorm; the views
   and the attacks' starts are fixed here, since each rank draws its own by design);
-* ``torchrun --nproc_per_node=2`` pretraining writes one checkpoint that loads strictly, and a run
-  stopped after one epoch and resumed reaches the weights of an uninterrupted one;
-* ``torchrun`` finetuning (ALF) writes one model that loads strictly, and evaluation split over the two
-  processes counts every image once (the clean counts equal a single process's).
+* one ``torchrun --nproc_per_node=2`` launch: pretraining writes one checkpoint that loads strictly, a run
+  stopped after one epoch and resumed from its ``last.pt`` reaches the weights of an uninterrupted one,
+  finetuning (ALF) writes one model that loads strictly, and evaluation split over the two processes
+  counts every image once (the clean counts equal a single process's).
 """
 from __future__ import annotations
 
@@ -200,30 +200,47 @@ def test_helpers_are_the_identity_in_one_process():
 # --------------------------------------------------------------------------- torchrun
 
 RUN = """
-import sys
+import json, sys
+from pathlib import Path
+import torch
+from advcl_lite import distributed
+from advcl_lite.checkpoint import load_checkpoint
+from advcl_lite.evaluate import evaluate
+from advcl_lite.finetune import finetune
+from advcl_lite.models import ResNet18
 from advcl_lite.pretrain import pretrain
-max_epochs = None if sys.argv[2] == "all" else int(sys.argv[2])
-pretrain("acl", "smoke", out_dir=sys.argv[1], device="cpu", progress=False, max_epochs=max_epochs,
-         train_subset=64, batch_size=32, base_width=4, epochs=2)
+out = Path(sys.argv[1])
+kw = dict(device="cpu", progress=False, train_subset=64, batch_size=32, base_width=4, epochs=2)
+pretrain("acl", "smoke", out_dir=out / "whole", **kw)
+pretrain("acl", "smoke", out_dir=out / "resumed", max_epochs=1, **kw)          # stopped after epoch 1 ...
+stopped = {"epoch": load_checkpoint(out / "resumed" / "last.pt")["meta"]["epoch"],
+           "final": (out / "resumed" / "final.pt").exists()}
+pretrain("acl", "smoke", out_dir=out / "resumed", **kw)                         # ... and resumed from last.pt
+torch.manual_seed(0)
+res = finetune(ResNet18(4), "alf", "smoke", data="sample", out_dir=out / "ft", device="cpu", progress=False,
+               ft_subset=128, ft_batch_size=32, ft_epochs=1, ft_pgd_steps=1)
+r = evaluate(res.model, "sample", attack=None, n=64, batch_size=16, seed=0)
+if distributed.is_main():
+    json.dump({"stopped": stopped, "n": r["n"], "correct": r["correct"], "world": distributed.world_size()},
+              open(out / "report.json", "w"))
 """
 
 
-def _torchrun(tmp_path: Path, out: Path, epochs: str) -> None:
+def test_one_torchrun_launch_pretrains_resumes_exactly_finetunes_and_evaluates(tmp_path):
+    """One launch of 2 processes (each launch costs seconds of start-up): ACL pretraining writes one strict
+    checkpoint; a run stopped after epoch 1 and resumed from its last.pt reaches the same weights; ALF
+    finetuning writes one model that loads strictly; evaluation split over the ranks counts every image once."""
+    from advcl_lite.evaluate import evaluate
+    from advcl_lite.finetune import load_finetuned
     script = tmp_path / "run.py"
     script.write_text(RUN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVCL_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-           str(script), str(out), epochs]
+           str(script), str(tmp_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-
-
-def test_torchrun_pretraining_writes_one_strict_checkpoint_and_resumes_exactly(tmp_path):
-    _torchrun(tmp_path, tmp_path / "whole", "all")
-    _torchrun(tmp_path, tmp_path / "resumed", "1")
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["meta"]["epoch"] == 1
-    assert not (tmp_path / "resumed" / "final.pt").exists()
-    _torchrun(tmp_path, tmp_path / "resumed", "all")
+    got = json.loads((tmp_path / "report.json").read_text())
+    assert got["stopped"] == {"epoch": 1, "final": False}
     a, meta = load_pretrained(tmp_path / "whole" / "final.pt")          # strict keys
     b, _ = load_pretrained(tmp_path / "resumed" / "final.pt")
     assert meta["world_size"] == 2 and meta["sync_bn"] is True
@@ -231,37 +248,8 @@ def test_torchrun_pretraining_writes_one_strict_checkpoint_and_resumes_exactly(t
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == ["final.pt", "history.json", "last.pt"]
-
-
-FINETUNE = """
-import json, sys
-import torch
-from advcl_lite import distributed
-from advcl_lite.evaluate import evaluate
-from advcl_lite.finetune import finetune
-from advcl_lite.models import ResNet18
-torch.manual_seed(0)
-res = finetune(ResNet18(4), "alf", "smoke", data="sample", out_dir=sys.argv[1], device="cpu", progress=False,
-               ft_subset=128, ft_batch_size=32, ft_epochs=1, ft_pgd_steps=1)
-r = evaluate(res.model, "sample", attack=None, n=64, batch_size=16, seed=0)
-if distributed.is_main():
-    json.dump({"n": r["n"], "correct": r["correct"], "world": distributed.world_size()}, open(sys.argv[2], "w"))
-"""
-
-
-def test_torchrun_finetuning_writes_one_model_and_evaluation_counts_every_image(tmp_path):
-    from advcl_lite.evaluate import evaluate
-    from advcl_lite.finetune import load_finetuned
-    script = tmp_path / "ft.py"
-    script.write_text(FINETUNE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADVCL_PROGRESS": "0"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-           str(script), str(tmp_path / "ft"), str(tmp_path / "eval.json")]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["history.json", "model.pt"]
-    model, meta = load_finetuned(tmp_path / "ft" / "model.pt")                # strict keys
-    got = json.loads((tmp_path / "eval.json").read_text())
+    model, ft_meta = load_finetuned(tmp_path / "ft" / "model.pt")             # strict keys
     alone = evaluate(model, "sample", attack=None, n=64, batch_size=16, seed=0)
-    assert got == {"n": 64, "correct": alone["correct"], "world": 2}          # 4 batches per rank, counts summed
-    assert meta["num_train"] > 0 and len(meta["history"]) == 1
+    assert {k: got[k] for k in ("n", "correct", "world")} == {"n": 64, "correct": alone["correct"], "world": 2}
+    assert ft_meta["num_train"] > 0 and len(ft_meta["history"]) == 1

@@ -84,9 +84,8 @@ def test_every_notebook_prints_its_device_after_the_imports(path):
     assert setup.index("describe_device(device") > setup.index("device = resolve_device(device)")
 
 
-def test_notebook_01_prints_the_device_line(run_nb, tour_dirs):
-    run_nb("01")
-    out = nbformat.read(tour_dirs[0] / "01_frequency_views.ipynb", as_version=4)
+def test_notebook_01_prints_the_device_line(run_nb):
+    out = nbformat.read(run_nb.output("01"), as_version=4)
     text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "device: cpu" in text
 
