@@ -1,6 +1,6 @@
 """``advcl-lite`` command line (also ``python -m advcl_lite``).
 
-Subcommands: ``tour``, ``pretrain``, ``pretrained``, ``pseudo-labels``, ``finetune``,
+Subcommands: ``tour``, ``pretrain``, ``pretrained``, ``import-encoder``, ``pseudo-labels``, ``finetune``,
 ``evaluate``, ``presets``, ``student``. Expected problems (bad path, wrong image size, eps
 out of range, unknown preset, corrupt or mismatched checkpoint) print one
 ``error: ...`` line that says what to do, and exit with status 2.
@@ -18,13 +18,15 @@ import warnings
 from pathlib import Path
 
 from . import distributed
-from .checkpoint import CheckpointError, check_writable, write_json
+from .checkpoint import CheckpointError, check_writable, load_checkpoint, write_json
 from .data import DataError, load_dataset
 from .evaluate import evaluate
 from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_classes, check_image_size, finetune, load_finetuned, load_split
 from .presets import PRESETS, check_count, get_preset
 from .pretrain import pretrain, pretrain_dataset, run_name
-from .pretrained import REMAKE, EncoderError, available, encoder_dir, load_pretrained_encoder, table
+from .pretrained import KIND as ENCODER_KIND
+from .pretrained import (IMPORT_FORMATS, REMAKE, EncoderError, available, encoder_dir, import_encoder,
+                         load_encoder_file, load_pretrained_encoder, table)
 from .pseudo_labels import make_pseudo_labels
 from .results import format_result
 from .runtime import debug_enabled
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pseudo-labels", help="cluster features of a standard encoder into pseudo-labels")
     _preset_args(p)
-    p.add_argument("--encoder", required=True, help="pretraining checkpoint (e.g. a SimCLR run's final.pt)")
+    p.add_argument("--encoder", required=True, help="pretraining checkpoint (e.g. a SimCLR run's final.pt), or a "
+                                                    "shipped or imported encoder file")
     p.add_argument("--k", default="2,10,50,100,500", help="granularities K, comma-separated")
     p.add_argument("--out", default=None, help="output .pt file (default beside the encoder)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -118,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrained", help="the encoders shipped with the package: list them, or verify their files")
     p.add_argument("action", choices=["list", "verify"])
 
+    p = sub.add_parser("import-encoder", help="import a published AdvCL / ACL / RobustSSL / DynACL ResNet-18 checkpoint "
+                                              "as an advcl_lite encoder file with its manifest")
+    p.add_argument("file", help="the checkpoint (e.g. AdvCL's epoch_1000.ckpt, ACL_DS.pt, RobustSSL's DynACL.pt)")
+    p.add_argument("--format", default="auto", choices=["auto", *IMPORT_FORMATS],
+                   help="the code that wrote it (auto detects AdvCL's, DynACL's whole model and RobustSSL's own "
+                        "layouts; ACL's layout, shared by DynACL's and RobustSSL's files, needs a name)")
+    p.add_argument("--route", default=None, help="the BN route to keep (default pgd, as each code's finetuning)")
+    p.add_argument("--name", default=None, help="the encoder's name in --out (default: the file's stem)")
+    p.add_argument("--out", required=True, help="folder of imported encoders (finetune --encoder DIR/NAME.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an encoder of the same name in --out")
+
     sub.add_parser("presets", help="list the presets and their settings")
 
     p = sub.add_parser("student", help="write the student copies of the notebooks (exercises stubbed, outputs cleared)")
@@ -131,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_data(p, args):
     """The preset's data, or its train split resized when ``--image-size`` is given."""
     return load_dataset(p.data, "train", image_size=args.image_size) if args.image_size is not None else p.data
+
+
+def cli_import_encoder(args) -> int:
+    """``advcl-lite import-encoder FILE --out DIR``: one encoder file and manifest, and what was kept and dropped."""
+    m = import_encoder(args.file, args.out, format=args.format, route=args.route, name=args.name,
+                       overwrite=args.overwrite)
+    src = m["source"]
+    dropped = "; ".join(f"{why}: {d['count']}" for why, d in m["dropped"].items()) or "nothing"
+    print(f"wrote {Path(args.out) / m['file']}: {src['format']} layout, width {m['architecture']['base_width']}, "
+          f"route {m['route'] or '(single BN)'} of {src['routes'] or ['(single BN)']}, input normalisation "
+          f"{'yes' if m['architecture']['input_normalize'] else 'no'}; dropped {dropped}")
+    print(f"next: advcl-lite finetune --encoder {Path(args.out) / m['file']} --scheme slf --preset quick")
+    return 0
 
 
 def cli_presets(args) -> int:
@@ -219,10 +246,13 @@ def cli_pseudo_labels(args) -> int:
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it, or --out another file")
     check_writable(out.parent, "folder of --out")
+    encoder = args.encoder
+    if enc.is_file() and load_checkpoint(enc).get("kind") == ENCODER_KIND:   # a shipped or imported encoder file
+        encoder = load_encoder_file(enc)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pl = make_pseudo_labels(args.encoder, ds, ks, seed=p.seed, device=args.device,
-                                progress=_progress(args))
+        pl = make_pseudo_labels(encoder, ds, ks, seed=p.seed, device=args.device,
+                                progress=_progress(args), encoder_name=enc.stem if encoder is not args.encoder else None)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     pl.meta["preset"] = p.name
@@ -292,7 +322,7 @@ def cli_evaluate(args) -> int:
 def _run(args: argparse.Namespace) -> int:
     handlers = {"presets": cli_presets, "tour": cli_tour, "pretrain": cli_pretrain, "pretrained": cli_pretrained,
                 "pseudo-labels": cli_pseudo_labels, "finetune": cli_finetune, "evaluate": cli_evaluate,
-                "student": cli_student}
+                "student": cli_student, "import-encoder": cli_import_encoder}
     return handlers[args.command](args)
 
 

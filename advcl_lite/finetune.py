@@ -137,7 +137,8 @@ def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[
         m = enc.manifest
         info = {"source": "encoder file", "class": "ResNet18", "path": str(path.resolve()), "sha256": m.get("sha256"),
                 "route": m.get("route"), "method": m.get("method"), "run_name": m.get("name"),
-                "image_size": m.get("image_size", 32), "base_width": enc.base_width, "pretrain_meta": {}}
+                "image_size": m.get("image_size", 32), "base_width": enc.base_width, "pretrain_meta": {},
+                "input_normalize": m["architecture"].get("input_normalize")}
         return enc, info
     if isinstance(encoder, (str, os.PathLike)):
         path = Path(encoder)
@@ -161,9 +162,11 @@ def resolve_encoder(encoder, route: str | None = None) -> tuple[nn.Module, dict[
         if routes is not None:
             r = route or ("pgd" if "pgd" in routes else routes[0])
         enc = export_encoder(module, r or "pgd")
+        norm = enc.input_norm
         return enc, {"source": type(module).__name__, "class": "ResNet18", "path": None, "sha256": sha, "route": r,
                      "method": None, "run_name": None, "image_size": getattr(module, "image_size", None),
-                     "base_width": enc.base_width, "pretrain_meta": {}}
+                     "base_width": enc.base_width, "pretrain_meta": {},
+                     "input_normalize": None if norm is None else {"mean": norm[0], "std": norm[1]}}
     if route is not None:
         raise ValueError(f"route={route!r} applies to advcl_lite encoders only, not to {type(module).__name__}")
     enc = FeatureExtractor(copy.deepcopy(module))
@@ -432,7 +435,8 @@ def load_finetuned(path: str | os.PathLike, device=None, encoder: nn.Module | No
         info = meta["encoder"]
         num_classes = int(meta["num_classes"])
         if info.get("class") == "ResNet18" and encoder is None:
-            enc: nn.Module = ResNet18(int(meta["base_width"]))
+            norm = info.get("input_normalize")
+            enc: nn.Module = ResNet18(int(meta["base_width"]), input_norm=(norm["mean"], norm["std"]) if norm else None)
         else:
             if encoder is None:
                 raise CheckpointError(f"{str(path)!r} holds a finetuned {info.get('class')} (an encoder of your own); "

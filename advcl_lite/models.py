@@ -75,17 +75,36 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class InputNormalize(nn.Module):
+    """``(x - mean) / std`` per channel, inside a network: ACL's and DynACL's encoders (``normalize.mean`` and
+    ``normalize.std``, ImageNet statistics) take [0, 1] images and normalise them themselves."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+
 class ResNet18(nn.Module):
     """CIFAR ResNet-18: 3x3 stem, stride 1, no max-pool, stages [2,2,2,2] of widths w, 2w, 4w, 8w.
 
     Input (N, 3, H, W) in [0, 1]; ``features`` returns the pooled (N, 8w) vector.
-    ``num_classes`` adds a linear classifier (``forward`` then returns logits).
+    ``num_classes`` adds a linear classifier (``forward`` then returns logits). ``input_norm=(mean, std)``
+    normalises the input first (an imported ACL or DynACL encoder; advcl_lite's own and AdvCL's take [0, 1]
+    images as they are); ``self.input_norm`` keeps it, so the architecture can be rebuilt from metadata.
     """
 
-    def __init__(self, base_width: int = 64, routes: tuple[str, ...] | None = None, num_classes: int | None = None):
+    def __init__(self, base_width: int = 64, routes: tuple[str, ...] | None = None, num_classes: int | None = None,
+                 input_norm=None):
         super().__init__()
         self.base_width = base_width
         self.routes = tuple(routes) if routes else None
+        self.input_norm = None if input_norm is None else ([float(v) for v in input_norm[0]],
+                                                           [float(v) for v in input_norm[1]])
+        self.normalize = InputNormalize(*self.input_norm) if self.input_norm else None
         w = base_width
         self.conv1 = nn.Conv2d(3, w, 3, 1, 1, bias=False)
         self.bn1 = _bn(w, self.routes)
@@ -135,6 +154,8 @@ class ResNet18(nn.Module):
                 m.chunks = None
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            x = self.normalize(x)
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
@@ -250,7 +271,7 @@ def export_encoder(net: nn.Module, route: str = "pgd") -> ResNet18:
     if not isinstance(backbone, ResNet18):
         raise TypeError(f"expected a ContrastiveNet or ResNet18, got {type(net).__name__}")
     if backbone.routes is None:
-        plain = ResNet18(backbone.base_width)
+        plain = ResNet18(backbone.base_width, input_norm=backbone.input_norm)
         plain.load_state_dict({k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")})
         return plain
     if route not in backbone.routes:
@@ -266,7 +287,7 @@ def export_encoder(net: nn.Module, route: str = "pgd") -> ResNet18:
                 continue
             k = f"{head}.{param}"
         state[k] = v.clone()
-    plain = ResNet18(backbone.base_width)
+    plain = ResNet18(backbone.base_width, input_norm=backbone.input_norm)
     plain.load_state_dict(state, strict=True)
     return plain
 

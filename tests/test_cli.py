@@ -84,7 +84,8 @@ def test_argparse_rejects_unknown_choices(capsys):
     assert e.value.code == 2
     assert "invalid choice: 'byol'" in capsys.readouterr().err
     sub = build_parser()._subparsers._group_actions[0].choices
-    assert set(sub) == {"tour", "pretrain", "pretrained", "pseudo-labels", "finetune", "evaluate", "presets", "student"}
+    assert set(sub) == {"tour", "pretrain", "pretrained", "import-encoder", "pseudo-labels", "finetune", "evaluate",
+                        "presets", "student"}
 
 
 def test_python_dash_m_in_a_real_process():
