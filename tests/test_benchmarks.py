@@ -101,3 +101,35 @@ def test_in_place_relu_candidate_computes_the_same_features():
         models.F.relu(t)
         assert t.tolist() == [0.0, 2.0]            # the network's relu did run in place
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+TINY_STUDY = ["--preset", "smoke", "--data", "sample", "--device", "cpu", "--threads", "1",
+              "--set", "train_subset=64", "--set", "batch_size=32", "--set", "base_width=4", "--set", "ft_subset=64",
+              "--set", "eval_n=16", "--set", "eval_pgd_steps=2", "--set", "ft_pgd_steps=1", "--set", "pgd_steps=1"]
+
+
+@pytest.mark.parametrize("study, rows, expect", [
+    ("pseudo", ["oracle", "random"], {("oracle", "SLF"), ("random", "SLF")}),
+    ("transfer", ["random"], {("random", "SLF"), ("random", "ALF")})])
+def test_each_study_writes_its_records_and_a_second_call_recomputes_nothing(tmp_path, monkeypatch, study, rows, expect):
+    """benchmarks/studies.py (issue 27) at a tiny size: one record per row and scheme with its interval, the
+    oracle's labels score NMI 1 and random labels near 0, the transfer rows train on classes 5-9 only; a second
+    call finds every row done and trains nothing."""
+    import json
+    import sys
+    studies = _load("studies")
+    argv = ["studies.py", "--study", study, "--rows", *rows, "--out", str(tmp_path), *TINY_STUDY]
+    monkeypatch.setattr(sys, "argv", argv)
+    studies.main()
+    recs = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["row"], r["scheme"]) for r in recs} == expect
+    assert all(r["n"] == 16 and r["ra_ci"][0] <= r["ra"] <= r["ra_ci"][1] for r in recs)
+    if study == "pseudo":
+        by = {r["row"]: r for r in recs}
+        assert by["oracle"]["nmi"] == pytest.approx(1.0) and by["random"]["nmi"] < 0.5   # 64 images: NMI of chance is not 0
+    else:
+        assert all(r["finetune_data"].endswith("classes5-9") and r["pretrain_data"].endswith("classes0-4")
+                   for r in recs)
+    assert "| comparison (RA, PGD-20)" in (tmp_path / "results.md").read_text()
+    monkeypatch.setattr(studies, "get_or_finetune", lambda *a, **k: pytest.fail("a done row was recomputed"))
+    studies.main()
