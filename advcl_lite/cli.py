@@ -1,7 +1,7 @@
 """``advcl-lite`` command line (also ``python -m advcl_lite``).
 
 Subcommands: ``tour``, ``pretrain``, ``pretrained``, ``import-encoder``, ``pseudo-labels``, ``finetune``,
-``evaluate``, ``presets``, ``student``. Expected problems (bad path, wrong image size, eps
+``evaluate``, ``spectra``, ``presets``, ``student``. Expected problems (bad path, wrong image size, eps
 out of range, unknown preset, corrupt or mismatched checkpoint) print one
 ``error: ...`` line that says what to do, and exit with status 2.
 """
@@ -30,6 +30,7 @@ from .pretrained import (IMPORT_FORMATS, REMAKE, EncoderError, available, encode
 from .pseudo_labels import make_pseudo_labels
 from .results import format_result
 from .runtime import debug_enabled
+from .analysis import ANALYSES, run_spectra
 from .course import write_student_copies
 from .tour import list_notebooks, run_tour
 
@@ -132,6 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder of imported encoders (finetune --encoder DIR/NAME.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an encoder of the same name in --out")
 
+    p = sub.add_parser("spectra", help="spectra of adversarial perturbations, Fourier heat maps, band-limited "
+                                       "attacks and subspace margins of any classifier; arrays, tables, figures")
+    p.add_argument("--model", required=True, help="advcl:<finetuned model.pt>, torchvision:<name> or timm:<name>")
+    p.add_argument("--weights", default=None, help="a local state dict for a torchvision/timm model (default: "
+                                                   "random weights; nothing is downloaded)")
+    p.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision/timm model")
+    p.add_argument("--data", default="sample", help="sample, cifar10, or an ImageFolder dir/zip (its test split)")
+    p.add_argument("--image-size", type=int, default=None, help="resize the images (e.g. 224 for ImageNet models)")
+    p.add_argument("--n", type=int, default=64, help="test images (class-balanced)")
+    p.add_argument("--eps", default="2,4,8", help="L-inf radii in /255, comma-separated")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps of the spectrum and band analyses")
+    p.add_argument("--analyses", default=",".join(ANALYSES), help=f"any of {', '.join(ANALYSES)}")
+    p.add_argument("--heat-norm", type=float, default=4.0, help="L2 norm of the Fourier basis perturbation")
+    p.add_argument("--heat-stride", type=int, default=None, help="every N-th frequency (default: size / 32)")
+    p.add_argument("--heat-max-freq", type=int, default=None, help="only frequencies up to this one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="folder for the arrays, tables, figures and settings.json")
+
     sub.add_parser("presets", help="list the presets and their settings")
 
     p = sub.add_parser("student", help="write the student copies of the notebooks (exercises stubbed, outputs cleared)")
@@ -157,6 +178,24 @@ def cli_import_encoder(args) -> int:
           f"route {m['route'] or '(single BN)'} of {src['routes'] or ['(single BN)']}, input normalisation "
           f"{'yes' if m['architecture']['input_normalize'] else 'no'}; dropped {dropped}")
     print(f"next: advcl-lite finetune --encoder {Path(args.out) / m['file']} --scheme slf --preset quick")
+    return 0
+
+
+def cli_spectra(args) -> int:
+    """``advcl-lite spectra --model SPEC --out DIR``: the analyses of any classifier, each resumable."""
+    check_count("--n", args.n)
+    try:
+        eps = [float(v) / 255 for v in str(args.eps).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--eps takes radii in /255 such as 2,4,8, got {args.eps!r}") from None
+    if args.image_size is not None:
+        check_count("--image-size", args.image_size)
+    s = run_spectra(args.model, args.data, args.out, weights=args.weights, n=args.n, image_size=args.image_size,
+                    eps=eps, analyses=[a.strip() for a in args.analyses.split(",") if a.strip()], steps=args.steps,
+                    heat_norm=args.heat_norm, heat_stride=args.heat_stride, heat_max_freq=args.heat_max_freq,
+                    num_classes=args.num_classes, seed=args.seed, device=args.device, progress=_progress(args))
+    print(f"wrote {args.out}: {', '.join(s['analyses'])} for {args.model} on {s['n']} images of {s['dataset']} "
+          f"({s['labels']} labels); settings in {Path(args.out) / 'settings.json'}")
     return 0
 
 
@@ -322,7 +361,7 @@ def cli_evaluate(args) -> int:
 def _run(args: argparse.Namespace) -> int:
     handlers = {"presets": cli_presets, "tour": cli_tour, "pretrain": cli_pretrain, "pretrained": cli_pretrained,
                 "pseudo-labels": cli_pseudo_labels, "finetune": cli_finetune, "evaluate": cli_evaluate,
-                "student": cli_student, "import-encoder": cli_import_encoder}
+                "student": cli_student, "import-encoder": cli_import_encoder, "spectra": cli_spectra}
     return handlers[args.command](args)
 
 

@@ -158,7 +158,8 @@ def heat_map_frequencies(size: int | tuple[int, int], max_freq: int | None = Non
 
 def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: float = 4.0, *,
                      max_freq: int | None = None, stride: int = 1, sign: str = "channel", batch_size: int = 512,
-                     device=None, seed: int | None = 0, progress: bool | None = None) -> torch.Tensor:
+                     device=None, seed: int | None = 0, progress: bool | None = None,
+                     per_image: bool = False) -> torch.Tensor:
     """Fourier heat map (Yin et al. 2019): error rate under a single Fourier-basis perturbation.
 
     For every evaluated frequency ``(i, j)`` and every image: ``clip(x + r * norm * U_ij, 0, 1)``
@@ -172,7 +173,8 @@ def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: f
     conjugate pair is evaluated and the map is filled symmetrically; with ``stride > 1``
     or ``max_freq``, the frequencies not evaluated (see :func:`heat_map_frequencies`) are
     NaN. Cost: ``len(heat_map_frequencies(...)) * N`` forward passes (about H*W/2 * N at
-    stride 1), batched ``batch_size`` at a time, model in eval mode.
+    stride 1), batched ``batch_size`` at a time, model in eval mode. ``per_image=True`` returns the
+    (N, H, W) map of each image's errors (0 or 1) instead of their mean, e.g. for maps per class.
     """
     _check_xy(x, y)
     if sign not in ("channel", "image"):
@@ -182,7 +184,7 @@ def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: f
     dev = model_device(model, device)
     n, c, h, w = x.shape
     freqs = heat_map_frequencies((h, w), max_freq, stride)
-    errors = torch.zeros(len(freqs), dtype=torch.float64)
+    errors = torch.zeros(len(freqs), n, dtype=torch.float64)
     g = torch.Generator().manual_seed(0 if seed is None else int(seed))
     per_img = max(1, min(n, batch_size))
     f_chunk = max(1, batch_size // per_img)
@@ -197,14 +199,16 @@ def fourier_heat_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: f
             r = (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(dev, xb.dtype)       # (F, B, C|1)
             xp = (xb[None] + r[..., None, None] * u[:, None, None]).clamp(0, 1)          # (F, B, C, H, W)
             pred = model(xp.flatten(0, 1)).argmax(1).view(len(fr), len(xb))
-            errors[f:f + len(fr)] += (pred != yb[None]).sum(1).double().cpu()
-    rate = (errors / max(n, 1)).float()
-    heat = torch.full((h, w), float("nan"))
+            errors[f:f + len(fr), s:s + len(xb)] = (pred != yb[None]).double().cpu()
+    per = errors.T.float()                                                        # (N, F)
+    heat = torch.full((n, h, w), float("nan"))
     ci, cj = h // 2, w // 2
-    for (i, j), e in zip(freqs.tolist(), rate.tolist()):
-        heat[(ci + i) % h, (cj + j) % w] = e
-        heat[(ci - i) % h, (cj - j) % w] = e
-    return heat
+    for k, (i, j) in enumerate(freqs.tolist()):
+        heat[:, (ci + i) % h, (cj + j) % w] = per[:, k]
+        heat[:, (ci - i) % h, (cj - j) % w] = per[:, k]
+    if per_image:
+        return heat
+    return heat.mean(0) if n else torch.full((h, w), float("nan"))
 
 
 def heat_map_summary(heat: torch.Tensor, radius: float = 8.0) -> dict[str, float]:
@@ -270,3 +274,113 @@ def accuracy_under_band_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tens
                             "accuracy": float(ok.float().mean()) if n else float("nan"),
                             "out_of_band": float(leak.mean()) if n else float("nan")})
     return records
+
+
+# --------------------------------------------------------------------------- margins along frequency subspaces
+
+DCT_BANDS = ("low", "mid", "high")
+
+
+def dct_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
+    """The orthonormal DCT-II matrix ``D`` (n x n): ``D @ v`` are the DCT coefficients of ``v``, ``D.T`` inverts."""
+    k = torch.arange(n, dtype=dtype)[:, None]
+    i = torch.arange(n, dtype=dtype)[None, :]
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d
+
+
+def dct_band_mask(size: int | tuple[int, int], band: str, block: int | None = None) -> torch.Tensor:
+    """The DCT coefficients ``(u, v)`` of one subspace, as a bool (H, W) mask: a ``block`` x ``block`` square on
+    the diagonal of the DCT plane (default a quarter of the side: 8 at 32 px), at its low-frequency corner
+    (``low``), its centre (``mid``) or its high-frequency corner (``high``), as Ortiz-Jimenez et al. (2020),
+    "Hold me tight! Influence of discriminative features on deep network boundaries", slide such blocks."""
+    h, w = size2(size)
+    b = block or max(1, min(h, w) // 4)
+    if band not in DCT_BANDS or not 1 <= b <= min(h, w):
+        raise ValueError(f"band must be one of {DCT_BANDS} and block in [1, {min(h, w)}], got {band!r}, {block}")
+    start = {"low": (0, 0), "mid": ((h - b) // 2, (w - b) // 2), "high": (h - b, w - b)}[band]
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[start[0]:start[0] + b, start[1]:start[1] + b] = True
+    return m
+
+
+def _dct_projector(h: int, w: int, mask: torch.Tensor, device, dtype):
+    dh, dw = dct_matrix(h).to(device, dtype), dct_matrix(w).to(device, dtype)
+    m = mask.to(device, dtype)
+
+    def project(v: torch.Tensor) -> torch.Tensor:        # (..., H, W): onto the span of the masked DCT basis
+        return dh.T @ ((dh @ v @ dw.T) * m) @ dw
+    return project
+
+
+def subspace_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bands: Sequence[str] = DCT_BANDS, *,
+                     block: int | None = None, candidates: int = 10, max_iter: int = 50, overshoot: float = 0.02,
+                     batch_size: int = 64, device=None, progress: bool | None = None) -> dict[str, torch.Tensor]:
+    """The margin along frequency subspaces ("Hold me tight!"): per image and DCT band (:func:`dct_band_mask`,
+    every channel), the L2 norm of the smallest perturbation *inside that subspace* that changes the
+    prediction from ``y``, found by DeepFool restricted to the subspace (gradients projected onto it; the
+    ``candidates`` classes of largest logit compete; exact in one step for a linear model). Small margins in
+    a band mean the decision boundary is close along those frequencies. Pixels are not clipped to [0, 1]:
+    the margin is a distance to the boundary, not an attack. An image whose prediction is not ``y`` to begin
+    with has margin 0; one that does not flip within ``max_iter`` steps has ``inf``.
+
+    Returns ``{band: (N,) float tensor}``. Cost per band: up to ``max_iter`` x ``candidates`` backward passes
+    per image (a few iterations for most images)."""
+    _check_xy(x, y)
+    dev = model_device(model, device)
+    n, c, h, w = x.shape
+    out = {}
+    with model_mode(model, "eval"):
+        for band in progress_bar(list(bands), desc="subspace margins", progress=progress):
+            project = _dct_projector(h, w, dct_band_mask((h, w), band, block), dev, torch.float32)
+            margins = []
+            for s in range(0, n, batch_size):
+                margins.append(_deepfool_in(model, project, x[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev),
+                                            candidates, max_iter, overshoot))
+            out[band] = torch.cat(margins) if margins else torch.zeros(0)
+    return out
+
+
+def _deepfool_in(model, project, x, y, candidates, max_iter, overshoot) -> torch.Tensor:
+    b = len(x)
+    r_total = torch.zeros_like(x)
+    active = torch.ones(b, dtype=torch.bool, device=x.device)
+    margin = torch.full((b,), float("inf"), device=x.device)
+    with torch.no_grad():
+        first = model(x)
+    k = min(candidates, first.shape[1])
+    others = first.topk(k, dim=1).indices                     # the classes that compete, fixed per image
+    wrong = first.argmax(1) != y
+    margin[wrong], active[wrong] = 0.0, False
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        xa = (x + (1 + overshoot) * r_total).detach().requires_grad_(True)
+        logits = model(xa)
+        flipped = (logits.argmax(1) != y) & active
+        margin[flipped] = r_total[flipped].flatten(1).norm(dim=1)
+        active &= ~flipped
+        if not bool(active.any()):
+            break
+        fy = logits.gather(1, y[:, None]).squeeze(1)
+        best_d = torch.full((b,), float("inf"), device=x.device)
+        best_r = torch.zeros_like(x)
+        for j in range(k):
+            cls = others[:, j]
+            diff = logits.gather(1, cls[:, None]).squeeze(1) - fy          # < 0 while y wins
+            g = torch.autograd.grad(diff.sum(), xa, retain_graph=j < k - 1)[0]
+            pg = project(g)
+            norm = pg.flatten(1).norm(dim=1)
+            ok = (cls != y) & (norm > 0)
+            d = torch.where(ok, diff.detach().abs() / norm.clamp_min(1e-12), torch.full_like(norm, float("inf")))
+            better = d < best_d
+            step = ((diff.detach().abs() + 1e-6) / norm.clamp_min(1e-12) ** 2)[:, None, None, None] * pg
+            best_d = torch.where(better, d, best_d)
+            best_r = torch.where(better[:, None, None, None], step, best_r)
+        r_total = r_total + best_r * active[:, None, None, None]
+    with torch.no_grad():
+        last = model(x + (1 + overshoot) * r_total).argmax(1) != y
+    done = last & active
+    margin[done] = r_total[done].flatten(1).norm(dim=1)
+    return margin.detach().cpu()

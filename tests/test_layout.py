@@ -16,7 +16,7 @@ LAYERS = [
     ("models", "attacks"),
     ("pseudo_labels", "evaluate", "results", "spectra", "pretrained", "methods"),
     ("pretrain", "finetune", "checks", "viz"),
-    ("tour", "course"),
+    ("tour", "course", "analysis"),
     ("cli",),
 ]
 LAYER = {m: i for i, mods in enumerate(LAYERS) for m in mods}
