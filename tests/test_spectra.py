@@ -172,6 +172,9 @@ def test_notebook_05_smoke(run_nb):
         assert all(0.0 <= v <= clean for v in acc.values())
     assert rec["band_attack_max_out_of_band"] < 1e-3
     assert set(rec["spectra_seconds"]) == {"classifiers", "spectra", "heat_maps", "band_attacks", "explorer"}
+    # the last section runs the same analyses on a torchvision model (random weights, 64 px)
+    assert set(rec["any_model_margins_median"]) == {"low", "mid", "high"}
+    assert all(v > 0 for v in rec["any_model_margins_median"].values())
 
 
 def test_notebook_05_pretrained_analyses_the_shipped_encoders(run_nb):
