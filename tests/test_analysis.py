@@ -111,3 +111,20 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, fragment):
     rc = main(["spectra", *argv, "--n", "2", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_advcl_models_go_through_the_command_and_an_encoder_is_refused(tmp_path, capsys):
+    from advcl_lite.finetune import finetune
+    from advcl_lite.models import ResNet18
+    from advcl_lite.presets import get_preset
+    from advcl_lite.pretrained import encoder_dir
+    torch.manual_seed(0)
+    finetune(ResNet18(4), "slf", get_preset("smoke", ft_subset=64), data="sample", out_dir=tmp_path / "ft",
+             device="cpu", progress=False)
+    s = analysis.run_spectra(f"advcl:{tmp_path / 'ft' / 'model.pt'}", "sample", tmp_path / "o", n=8,
+                             analyses=("bands", "margins"), eps=(8 / 255,), steps=1, progress=False)
+    assert s["labels"] == "data" and s["model"]["num_classes"] == 10 and s["model"]["mean"] is None
+    assert s["model"]["weights_sha256"] and (tmp_path / "o" / "margins.csv").exists()
+    rc = main(["spectra", "--model", f"advcl:{encoder_dir() / 'acl.pt'}", "--out", str(tmp_path / "e"), "--n", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is an encoder, not a classifier" in err and "advcl-lite finetune --encoder" in err
