@@ -1,8 +1,9 @@
 """Checks for the notebooks' exercises: a student's function against the library's own.
 
 Each ``check_*`` calls the student's function on seeded random and edge-case inputs, compares the
-answer with the library function the notebooks use, and either prints ``correct`` and returns True
-or prints one specific hint (which input, expected vs got) and raises :class:`ExerciseFailed`, an
+answer with the library function the notebooks use, and either prints ``correct`` and returns None
+(a grade cell's value is then nothing, so nbgrader's autograder has no output to turn into partial credit
+and logs no warning) or prints one specific hint (which input, expected vs got) and raises :class:`ExerciseFailed`, an
 AssertionError, so that nbgrader's autograder counts the grade cell as failed. A stub that still
 raises ``NotImplementedError`` (a student copy not yet filled in) is let through, so a student copy
 run top to bottom stops at its first open exercise.
@@ -39,9 +40,8 @@ def _fail(name: str, hint: str):
     raise ExerciseFailed(f"{name}: {hint}")
 
 
-def _ok(name: str, cases: int) -> bool:
+def _ok(name: str, cases: int) -> None:
     print(f"correct: {name} matches the library on all {cases} test inputs")
-    return True
 
 
 def _call(name: str, fn: Callable, case: str, *args) -> Any:
@@ -67,7 +67,7 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def check_high_pass(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
+def check_high_pass(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """``fn(x, r)``: the HFC view of images ``x`` (N, C, H, W), the bins at distance >= r from DC kept."""
     name = "high_pass"
     g = _gen(1)
@@ -97,7 +97,7 @@ def _views(v: int, b: int, d: int, g) -> list[torch.Tensor]:
     return [F.normalize(torch.randn(b, d, generator=g), dim=1) for _ in range(v)]
 
 
-def check_contrastive_loss(fn: Callable[[list, float], torch.Tensor]) -> bool:
+def check_contrastive_loss(fn: Callable[[list, float], torch.Tensor]) -> None:
     """``fn(views, temperature)``: the mean multi-view contrastive loss of V L2-normalised (B, d) views."""
     name = "contrastive_loss"
     g = _gen(2)
@@ -126,7 +126,7 @@ def check_contrastive_loss(fn: Callable[[list, float], torch.Tensor]) -> bool:
     return _ok(name, len(cases))
 
 
-def check_assign(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+def check_assign(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """``fn(features, centres)``: the index of the nearest centre for every row of ``features``."""
     name = "assign"
     g = _gen(3)
@@ -152,7 +152,7 @@ def check_assign(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bo
     return _ok(name, len(cases))
 
 
-def check_robust_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]) -> bool:
+def check_robust_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]) -> None:
     """``fn(clean_pred, adv_pred, labels)``: robust accuracy, a number in [0, 1]."""
     name = "robust_accuracy"
     g = _gen(4)
@@ -182,7 +182,7 @@ def check_robust_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor
     return _ok(name, len(cases))
 
 
-def check_radial_spectrum(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> bool:
+def check_radial_spectrum(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
     """``fn(x)``: ``(radii, power)`` of images ``x`` (N, C, H, W), power averaged per ring, summing to 1."""
     name = "radial_spectrum"
     g = _gen(5)

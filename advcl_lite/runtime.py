@@ -23,7 +23,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-__version__ = "0.1.0"
+def _installed_version() -> str:
+    """The version of the installed distribution (pyproject.toml's, as pip recorded it)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("advcl-lite")
+    except PackageNotFoundError:        # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 _VALID = ("auto", "cpu", "cuda", "mps")
 DEVICE_ENV = "ADVCL_DEVICE"
 PROGRESS_ENV = "ADVCL_PROGRESS"

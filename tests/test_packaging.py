@@ -113,3 +113,17 @@ def test_ci_runs_exactly_the_readme_commands():
         pytest.skip("README.md not written yet")
     text = readme.read_text()
     assert INSTALL in text and TEST in text, "README.md must quote the commands .ci/run executes, verbatim"
+
+
+def test_the_version_comes_from_the_metadata_and_the_release_files_agree():
+    """__version__ is the installed distribution's; CHANGELOG.md's newest release and CITATION.cff name it."""
+    import importlib.metadata
+    import re
+
+    import advcl_lite
+    root = Path(__file__).resolve().parents[1]
+    assert advcl_lite.__version__ == importlib.metadata.version("advcl-lite")
+    project = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.M).group(1)
+    newest = re.search(r"^## \[([^\]]+)\]", (root / "CHANGELOG.md").read_text(), re.M).group(1)
+    cff = re.search(r"^version: (\S+)", (root / "CITATION.cff").read_text(), re.M).group(1)
+    assert project == newest == cff
