@@ -167,8 +167,8 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    if dist.get_backend() == "nccl":        # NCCL reduces on this rank's GPU (cuda:LOCAL_RANK, set by setup)
+        t = t.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     dist.all_reduce(t)
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 

@@ -102,3 +102,12 @@ def test_the_checker_catches_an_upward_and_a_nested_import():
     # a module below viz importing it is an upward import
     found = {n for n, _, _ in package_imports(ast.parse("from .viz import plot_views\n"))}
     assert found == {"viz"} and LAYER["viz"] > LAYER["pseudo_labels"]
+
+
+def test_no_module_calls_dot_cuda():
+    """One device choice, resolved once (runtime.resolve_device, distributed.setup): no hard-coded .cuda()."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        calls = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr == "cuda" and not n.args]
+        assert not calls, f"{path.name}:{calls[0]} calls .cuda(); use the resolved device"
