@@ -83,6 +83,19 @@ def check_high_pass(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
         if torch.allclose(got, low_pass(x, r).double(), atol=1e-4):
             _fail(name, f"on {case} you returned the low-frequency part: keep the bins at distance >= r, "
                         f"remove those inside the disk (1 - M_r)")
+        h, w = x.shape[-2:]
+        d = frequency_radius(h, w, dtype=torch.float64)
+        strict = torch.fft.ifft2(torch.fft.fft2(x.double()) * (d > r)).real       # the ring d == r dropped
+        if torch.allclose(got, strict, atol=1e-4) and bool((d == r).any()):
+            _fail(name, f"on {case} the boundary ring is wrong: the bins at distance exactly r belong to the "
+                        f"HFC (keep d >= r, not d > r)")
+        for scale, why in ((h * w, "multiplied"), (1 / (h * w), "divided")):
+            if torch.allclose(got, want * scale, atol=1e-4 * max(1.0, scale)):
+                _fail(name, f"on {case} your result is the right one {why} by H*W = {h * w}: use the same "
+                            f"normalisation in fft2 and ifft2 (the defaults of both)")
+        if x.shape[1] > 1 and torch.allclose(got[:, 0], want[:, 0], atol=1e-4):
+            _fail(name, f"on {case} channel 0 is right but channel {int((got - want).abs().amax((0, 2, 3)).argmax())} "
+                        f"is not: filter every channel with the same mask")
         mean = got.mean((-2, -1)).abs().max().item()
         if r > 0 and mean > 1e-4:
             _fail(name, f"on {case} the result has a channel mean of {mean:.3g}, but h is zero-mean: DC "
@@ -120,6 +133,12 @@ def check_contrastive_loss(fn: Callable[[list, float], torch.Tensor]) -> None:
         if abs(float(got) - with_self) < 1e-4:
             _fail(name, f"on {case} you got {float(got):.4f}, expected {float(want):.4f}: leave the anchor itself "
                         f"out of the softmax's denominator (mask the diagonal with -inf)")
+        if abs(float(got) - float(multiview_contrastive_loss(views, 1.0))) < 1e-4:
+            _fail(name, f"on {case} you got {float(got):.4f}, the loss at tau = 1: divide the similarities by the "
+                        f"temperature tau = {tau}")
+        if abs(float(got) - float(want) * len(views) * len(views[0])) < 1e-3:
+            _fail(name, f"on {case} you got {float(got):.4f}, {len(views) * len(views[0])} times the expected "
+                        f"{float(want):.4f}: average over the V*B anchors instead of summing")
         _fail(name, f"on {case} you got {float(got):.4f}, expected {float(want):.4f}. Each of the V*B anchors "
                     f"has V - 1 positives (the other views of its image): average -log p over them, then "
                     f"over anchors; similarities are dot products divided by tau")
@@ -206,6 +225,8 @@ def check_radial_spectrum(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch
         summed = raw * torch.bincount(rings, minlength=len(want_p)).double()
         if torch.allclose(power, (summed / summed.sum()).double(), rtol=1e-4, atol=1e-8):
             _fail(name, f"on {case} you summed the power in each ring: average it (divide by the bins per ring)")
+        if x.shape[1] > 1 and torch.allclose(power, radial_power_spectrum(x[:, :1])[1].double(), rtol=1e-4, atol=1e-8):
+            _fail(name, f"on {case} your spectrum is that of channel 0 alone: average |FFT|^2 over every channel")
         k = int((power - want_p.double()).abs().argmax())
         _fail(name, f"on {case} ring {k} has {float(power[k]):.4g}, expected {float(want_p[k]):.4g}: average "
                     f"|FFT|^2 over images and channels, then over the bins whose rounded distance to DC is k")

@@ -176,9 +176,13 @@ def _notebook_bar():
 
 
 def describe_device(device: torch.device, wants_gpu: bool = False) -> str:
-    """One line for a notebook's set-up cell: the device in use and, when ``wants_gpu`` (a preset made
-    for a GPU) but only a CPU was found, how to get one."""
-    line = f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    """One line for a notebook's set-up cell, its first output: the device in use and the environment a result
+    depends on (advcl_lite, torch, CPU threads, Python), and, when ``wants_gpu`` (a preset made for a GPU) but
+    only a CPU was found, how to get one."""
+    import platform
+    line = (f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+            + f" | advcl_lite {__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+              f"Python {platform.python_version()}")
     if wants_gpu and device.type == "cpu":
         line += (". This preset is meant for a GPU and would take days here: in a hosted runtime choose "
                  "Runtime > Change runtime type > GPU and run the notebook again; locally, run it on a machine "

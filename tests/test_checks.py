@@ -67,7 +67,19 @@ def _summed_rings(x):
     return r, s / s.sum()
 
 
+def _strict_ring(x, r):               # `> r` where the exercise says `>= r`
+    d = frequency_radius(*x.shape[-2:], dtype=torch.float64)
+    return torch.fft.ifft2(torch.fft.fft2(x) * (d > r)).real
+
+
 WRONG = [
+    (checks.check_high_pass, _strict_ring, "boundary ring is wrong"),
+    (checks.check_high_pass, lambda x, r: high_pass(x, r) * x.shape[-1] * x.shape[-2], "multiplied by H\\*W"),
+    (checks.check_high_pass, lambda x, r: torch.cat([high_pass(x, r)[:, :1], x[:, 1:]], 1), "every channel"),
+    (checks.check_contrastive_loss, lambda v, t: multiview_contrastive_loss(v, 1.0), "divide the similarities"),
+    (checks.check_contrastive_loss, lambda v, t: multiview_contrastive_loss(v, t) * len(v) * len(v[0]),
+     "instead of summing"),
+    (checks.check_radial_spectrum, lambda x: radial_power_spectrum(x[:, :1]), "channel 0 alone"),
     (checks.check_high_pass, lambda x, r: low_pass(x, r), "low-frequency part"),
     (checks.check_high_pass, lambda x, r: high_pass(x, r) + x.mean((-2, -1), keepdim=True), "zero-mean"),
     (checks.check_high_pass, lambda x, r: torch.fft.ifft2(torch.fft.fft2(x)), "complex"),

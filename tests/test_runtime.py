@@ -14,7 +14,11 @@ from advcl_lite.runtime import describe_device, progress_bar
 
 def test_describe_device_advises_a_gpu_only_for_a_gpu_preset_on_a_cpu():
     cpu = torch.device("cpu")
-    assert describe_device(cpu) == "device: cpu"
+    import platform
+
+    from advcl_lite import __version__
+    assert describe_device(cpu) == (f"device: cpu | advcl_lite {__version__}, torch {torch.__version__}, "
+                                    f"{torch.get_num_threads()} CPU threads, Python {platform.python_version()}")
     advice = describe_device(cpu, wants_gpu=True)
     assert advice.startswith("device: cpu") and "Change runtime type > GPU" in advice and "\n" not in advice
     assert set(GPU_PRESETS) <= set(PRESETS) and "paper" in GPU_PRESETS and "quick" not in GPU_PRESETS
