@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMETERS = {"preset": "quick", "data": "sample", "work_dir": "advcl-runs", "device": "auto"}
 # notebooks that finetune or analyse encoders also take the encoders switch (shipped set or trained)
 EXTRA_PARAMETERS = {"03": {"encoders": "auto"}, "04": {"encoders": "auto"}, "05": {"encoders": "auto"}}
-INSTALL = 'python -m pip install -e ".[test]" && advcl-lite tour --preset smoke --out tour-out'
-TEST = "python -m pytest -q"
+INSTALL = 'python -m pip install -e ".[test]" -c constraints.txt && advcl-lite tour --preset smoke --out tour-out'
+TEST = "python -m pytest -q -n auto"
 
 
 def requirement(line: str) -> tuple[str, str]:
@@ -127,3 +127,18 @@ def test_the_version_comes_from_the_metadata_and_the_release_files_agree():
     newest = re.search(r"^## \[([^\]]+)\]", (root / "CHANGELOG.md").read_text(), re.M).group(1)
     cff = re.search(r"^version: (\S+)", (root / "CITATION.cff").read_text(), re.M).group(1)
     assert project == newest == cff
+
+
+def test_constraints_txt_pins_the_installed_closure():
+    """constraints.txt is the environment CI installed with it (the README's install line uses it): every
+    package advcl_lite and its test extra pull in, at its installed version. It lags after a dependency
+    change until `python scripts/constraints.py` rewrites it."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "constraints.py"), "--check"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    pins = [line for line in (root / "constraints.txt").read_text().splitlines() if "==" in line]
+    names = {p.split("==")[0] for p in pins}
+    assert {"torch", "torchvision", "papermill", "pytest-xdist", "pyautoattack"} <= names and len(pins) == len(names)
