@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tour-out", help="folder for executed notebooks, artifacts and SUMMARY.md")
     p.add_argument("--only", default=None, help="comma-separated notebook numbers or names to run, e.g. 01,02")
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    p.add_argument("--encoders", default="auto", choices=["auto", "pretrained", "train"],
-                   help="encoders of notebooks 03-05: the shipped set (pretrained) or trained at the preset (train); "
-                        "auto (default) is pretrained at quick, train at every other preset")
+    p.add_argument("--encoders", default="auto",
+                   help="encoders of notebooks 03-05: the shipped set (pretrained), trained at the preset (train), or "
+                        "a folder of imported encoders (advcl-lite import-encoder --out DIR); auto (default) is "
+                        "pretrained at quick, train at every other preset")
 
     p = sub.add_parser("pretrain", help="pretrain an encoder with SimCLR, ACL or AdvCL")
     _preset_args(p)

@@ -134,11 +134,28 @@ def resolve_encoders(encoders: str, preset) -> str:
     keeps CI exercising training, ``benchmark`` and ``paper`` train at their own scale."""
     name = getattr(preset, "name", preset)
     if encoders not in ENCODER_CHOICES:
-        raise ValueError(f"encoders={encoders!r} is not one of {', '.join(ENCODER_CHOICES)}; use 'pretrained' for "
-                         f"the shipped set, 'train' to pretrain at the preset, 'auto' for pretrained at quick only")
+        folder = Path(str(encoders)).expanduser()
+        if folder.is_dir() and available(folder):         # a folder of imported (or re-made) encoder files
+            return str(folder.resolve())
+        raise ValueError(f"encoders={encoders!r} is not one of {', '.join(ENCODER_CHOICES)} nor a folder of encoder "
+                         f"files with manifests; use 'pretrained' for the shipped set, 'train' to pretrain at the "
+                         f"preset, 'auto' for pretrained at quick only, or a folder made by advcl-lite import-encoder")
     if encoders == "auto":
         return "pretrained" if name in PRETRAINED_PRESETS else "train"
     return encoders
+
+
+SHIPPED_ROWS = ("simclr", "acl", "advcl", "advcl-nopl", "random")   # the notebooks' row order
+
+
+def encoder_rows(encoders: str) -> list[tuple[str, str, Path | None]]:
+    """``(row name, encoder name, folder)`` of the set a notebook uses when it does not train: the shipped set
+    (``"pretrained"``, folder None) in the notebooks' order, or every encoder of a folder (a path returned by
+    :func:`resolve_encoders`), named by its manifest's ``label``."""
+    if encoders == "pretrained":
+        return [(LABELS[n], n, None) for n in SHIPPED_ROWS]
+    folder = Path(encoders)
+    return [(manifest(n, folder).get("label") or n, n, folder) for n in available(folder)]
 
 
 def load_set(names=None, device=None, folder: str | os.PathLike | None = None) -> dict[str, ResNet18]:

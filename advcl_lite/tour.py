@@ -354,7 +354,8 @@ def write_summary(results: list[dict[str, Any]], out_dir: str | os.PathLike, pre
     if desc:
         lines += [f"Preset `{preset}`: {desc}", ""]
     if encoders:
-        lines += [f"Encoders of notebooks 03-05: {'the shipped set (advcl-lite pretrained list)' if encoders == 'pretrained' else 'trained at this preset'}.", ""]
+        what = {"pretrained": "the shipped set (advcl-lite pretrained list)", "train": "trained at this preset"}
+        lines += [f"Encoders of notebooks 03-05: {what.get(encoders, f'the imported encoders of {encoders}')}.", ""]
     headline = [h for r in results for h in ((r.get("records") or {}).get("headline") or [])]
     if headline:
         lines += ["## Headline", ""] + [f"- {h}" for h in headline] + ["", "## Notebooks", ""]

@@ -181,3 +181,18 @@ def test_pseudo_labels_take_an_imported_encoder_file(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     pl = PseudoLabels.load(tmp_path / "labels.pt")
     assert pl.ks == (2, 5) and len(pl) == 64 and pl.meta["encoder"] == "acl"
+
+
+def test_notebook_04_runs_on_a_folder_of_imported_encoders(run_nb, tmp_path):
+    """encoders=<folder>: one row per imported encoder, named by its manifest, finetuned (SLF at smoke) and
+    attacked like the shipped set; the comparisons pair the folder's encoders."""
+    write_advcl(_source(("normal", "pgd", "pgd_ce"), width=4, seed=1), tmp_path / "AdvCL.pt")
+    write_acl(_source(("normal", "pgd"), width=4, seed=2), tmp_path / "ACL_DS.pt")
+    zoo = tmp_path / "zoo"
+    import_encoder(tmp_path / "AdvCL.pt", zoo)
+    import_encoder(tmp_path / "ACL_DS.pt", zoo, format="acl")
+    rec = run_nb("04", encoders=str(zoo))
+    assert rec["schemes"] == ["SLF"] and rec["encoders"] == str(zoo.resolve())
+    assert sorted(r["method"] for r in rec["results"]) == ["ACL_DS", "AdvCL"]
+    assert all(r["n"] == 64 and r["ra_ci"][0] <= r["ra"] <= r["ra_ci"][1] for r in rec["results"])
+    assert any(c.startswith("SLF: ACL_DS RA") and "vs AdvCL" in c for c in rec["comparisons"])
