@@ -1,7 +1,7 @@
 """``advcl-lite`` command line (also ``python -m advcl_lite``).
 
 Subcommands: ``tour``, ``pretrain``, ``pretrained``, ``import-encoder``, ``pseudo-labels``, ``finetune``,
-``evaluate``, ``spectra``, ``presets``, ``student``. Expected problems (bad path, wrong image size, eps
+``evaluate``, ``spectra``, ``site``, ``presets``, ``student``. Expected problems (bad path, wrong image size, eps
 out of range, unknown preset, corrupt or mismatched checkpoint) print one
 ``error: ...`` line that says what to do, and exit with status 2.
 """
@@ -32,6 +32,7 @@ from .results import format_result
 from .runtime import debug_enabled
 from .analysis import ANALYSES, run_spectra
 from .course import write_student_copies
+from .site import build_site
 from .tour import list_notebooks, run_tour
 
 
@@ -154,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="folder for the arrays, tables, figures and settings.json")
 
+    p = sub.add_parser("site", help="render an executed tour as a static site (Sphinx, myst-nb; the docs extra)")
+    p.add_argument("--tour", default="tour-out", help="a folder of advcl-lite tour (default tour-out)")
+    p.add_argument("--out", default="site", help="folder of the site (open its index.html, or publish it as is)")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that is not an earlier site")
+
     sub.add_parser("presets", help="list the presets and their settings")
 
     p = sub.add_parser("student", help="write the student copies of the notebooks (exercises stubbed, outputs cleared)")
@@ -197,6 +203,13 @@ def cli_spectra(args) -> int:
                     num_classes=args.num_classes, seed=args.seed, device=args.device, progress=_progress(args))
     print(f"wrote {args.out}: {', '.join(s['analyses'])} for {args.model} on {s['n']} images of {s['dataset']} "
           f"({s['labels']} labels); settings in {Path(args.out) / 'settings.json'}")
+    return 0
+
+
+def cli_site(args) -> int:
+    """``advcl-lite site --tour DIR --out SITE``: the executed notebooks as static pages."""
+    index = build_site(args.tour, args.out, overwrite=args.overwrite)
+    print(f"wrote {index}: the executed tour of {args.tour} as a static site (publish the folder {args.out} as is)")
     return 0
 
 
@@ -362,7 +375,7 @@ def cli_evaluate(args) -> int:
 def _run(args: argparse.Namespace) -> int:
     handlers = {"presets": cli_presets, "tour": cli_tour, "pretrain": cli_pretrain, "pretrained": cli_pretrained,
                 "pseudo-labels": cli_pseudo_labels, "finetune": cli_finetune, "evaluate": cli_evaluate,
-                "student": cli_student, "import-encoder": cli_import_encoder, "spectra": cli_spectra}
+                "student": cli_student, "import-encoder": cli_import_encoder, "spectra": cli_spectra, "site": cli_site}
     return handlers[args.command](args)
 
 

@@ -85,7 +85,7 @@ def test_argparse_rejects_unknown_choices(capsys):
     assert "invalid choice: 'byol'" in capsys.readouterr().err
     sub = build_parser()._subparsers._group_actions[0].choices
     assert set(sub) == {"tour", "pretrain", "pretrained", "import-encoder", "pseudo-labels", "finetune", "evaluate",
-                        "spectra",
+                        "spectra", "site",
                         "presets", "student"}
 
 

@@ -17,6 +17,7 @@ LAYERS = [
     ("pseudo_labels", "evaluate", "results", "spectra", "pretrained", "methods"),
     ("pretrain", "finetune", "checks", "viz"),
     ("tour", "course", "analysis"),
+    ("site",),
     ("cli",),
 ]
 LAYER = {m: i for i, mods in enumerate(LAYERS) for m in mods}
