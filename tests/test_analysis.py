@@ -64,7 +64,7 @@ def test_margins_inside_a_subspace_equal_the_closed_form_of_a_linear_model():
 
 
 def test_the_command_on_a_torchvision_model_writes_everything_once(tmp_path, monkeypatch, capsys):
-    argv = ["spectra", "--model", "torchvision:resnet18", "--image-size", "64", "--n", "8", "--eps", "4,8",
+    argv = ["spectra", "--model", "torchvision:resnet18", "--image-size", "64", "--n", "6", "--eps", "4,8",
             "--steps", "1", "--heat-stride", "16", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -74,7 +74,7 @@ def test_the_command_on_a_torchvision_model_writes_everything_once(tmp_path, mon
             assert (tmp_path / f"{a}.{ext}").stat().st_size > 0, (a, ext)
     s = json.loads((tmp_path / "settings.json").read_text())
     assert s["model"]["spec"] == "torchvision:resnet18" and s["model"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert s["n"] == 8 and s["image_size"] == 64 and s["eps"] == pytest.approx([4 / 255, 8 / 255])
+    assert s["n"] == 6 and s["image_size"] == 64 and s["eps"] == pytest.approx([4 / 255, 8 / 255])
     assert s["labels"] == "model" and set(s["seconds"]) == set(analysis.ANALYSES)
     assert s["versions"]["torch"] and s["seed"] == 0 and s["heat_stride"] == 16
     heat = np.load(tmp_path / "heatmap.npz")

@@ -141,12 +141,12 @@ def test_gpu_pretrain_cpu_path_plans_epochs_trains_and_writes_its_numbers(tmp_pa
     import json
     gpu_pretrain = _load("gpu_pretrain")
     assert gpu_pretrain.plan_epochs(180, 1000, 50_000) == 3 and gpu_pretrain.plan_epochs(1, 1, 50_000) == 1
-    rc = gpu_pretrain.main(["--data", "sample", "--device", "cpu", "--width", "4", "--batch", "32", "--probe", "64",
-                            "--train-subset", "64", "--budget-s", "0.5", "--ft-epochs", "1", "--eval-n", "16",
+    rc = gpu_pretrain.main(["--data", "sample", "--device", "cpu", "--width", "4", "--batch", "16", "--probe", "32",
+                            "--train-subset", "32", "--budget-s", "0.5", "--ft-epochs", "1", "--eval-n", "8",
                             "--amp", "none", "--out", str(tmp_path)])
     assert rc == 0
     rep = json.loads((tmp_path / "gpu_pretrain.json").read_text())
-    assert set(rep["runs"]) == {"acl", "advcl"} and rep["images"] == 64
+    assert set(rep["runs"]) == {"acl", "advcl"} and rep["images"] == 32
     for run in rep["runs"].values():
-        assert run["epochs"] >= 1 and run["n"] == 16 and run["ra_ci"][0] <= run["ra"] <= run["ra_ci"][1]
+        assert run["epochs"] >= 1 and run["n"] == 8 and run["ra_ci"][0] <= run["ra"] <= run["ra_ci"][1]
         assert (tmp_path / "encoders" / run["encoder_file"]).exists()

@@ -60,17 +60,12 @@ def _fake_tour(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def test_the_site_builds_and_every_page_loads_its_images_and_links_in_chromium(tmp_path, capsys):
+    """One build (a few seconds), then its files, the refusals, and every page in Chromium."""
     given = os.environ.get("ADVCL_TOUR_OUT")
-    tour = Path(given) if given else _fake_tour(tmp_path_factory.mktemp("tour"))
-    out = tmp_path_factory.mktemp("site") / "site"
+    tour = Path(given) if given else _fake_tour(tmp_path / "tour")
+    out = tmp_path / "site"
     build_site(tour, out)
-    return tour, out
-
-
-def test_the_site_has_a_page_per_executed_notebook_and_refuses_a_foreign_folder(site, tmp_path, capsys):
-    tour, out = site
     ok = [r["notebook"] for r in json.loads((tour / "summary.json").read_text())["notebooks"] if r["status"] == "ok"]
     assert ok and all((out / "notebooks" / f"{n}.html").exists() for n in ok)
     assert (out / "api.html").exists() and "advcl_lite.spectra" in (out / "api.html").read_text()
@@ -83,16 +78,13 @@ def test_the_site_has_a_page_per_executed_notebook_and_refuses_a_foreign_folder(
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
     rc = main(["site", "--tour", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")])
     assert rc == 2 and "not a tour folder" in capsys.readouterr().err
-
-
-def test_every_page_loads_its_images_and_links_in_chromium(site, tmp_path):
     from jupyterlab_browser import Browser, chromium_path, free_port
     chromium = chromium_path()
     if chromium is None:
         if os.environ.get("ADVCL_REQUIRE_BROWSER") == "1":
             raise RuntimeError("ADVCL_REQUIRE_BROWSER=1 but no Chromium was found")
-        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
-    tour, out = site
+        pytest.skip("the site was built and checked; its pages were not opened: no Chromium here "
+                    "(Debian: apt-get install chromium)")
     port = free_port()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
     handler.log_message = lambda *a, **k: None
