@@ -138,6 +138,12 @@ def check_input_size(model: nn.Module, size: int, spec: str, device) -> int:
     return int(out.shape[-1])
 
 
+def _predict(model, x: torch.Tensor, device) -> torch.Tensor:
+    """The model's predicted classes for ``x``, in batches of 64, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([model(x[s:s + 64].to(device)).argmax(1).cpu() for s in range(0, len(x), 64)])
+
+
 def _estimate(model, x, device) -> float:
     """Seconds per forward of one image (timed on a batch of 64, as the analyses batch), for the cost lines."""
     xb = x.repeat((64 + len(x) - 1) // len(x), 1, 1, 1)[:64].to(device)
@@ -199,8 +205,7 @@ def run_spectra(spec: str, data: str = "sample", out: str | Path = "spectra-out"
     x, y = class_interleaved(test, n, seed=seed)
     labels = "data" if n_out == test.num_classes else "model"
     if labels == "model":
-        with torch.no_grad():
-            y = torch.cat([model(x[s:s + 64].to(dev)).argmax(1).cpu() for s in range(0, len(x), 64)])
+        y = _predict(model, x, dev)
     stride = heat_stride or max(1, size // 32)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,9 +248,7 @@ def run_spectra(spec: str, data: str = "sample", out: str | Path = "spectra-out"
             freqs = heat_map_frequencies(size, heat_max_freq, stride)
             print(f"heatmap: {len(freqs)} frequencies x {len(x)} images (every {stride}th frequency up to "
                   f"{heat_max_freq or 'the highest'}), about {per_img * len(freqs) * len(x):.0f} s", flush=True)
-            with torch.no_grad():
-                clean_err = float((torch.cat([model(x[s:s + 64].to(dev)).argmax(1).cpu()
-                                              for s in range(0, len(x), 64)]) != y).float().mean())
+            clean_err = float((_predict(model, x, dev) != y).float().mean())
             per = fourier_heat_map(model, x, y, heat_norm, max_freq=heat_max_freq, stride=stride, seed=seed,
                                    progress=progress, per_image=True)            # (N, H, W): one pass for all maps
             heat = per.mean(0)

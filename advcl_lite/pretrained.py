@@ -255,7 +255,7 @@ def _find_state_dict(obj, where: str) -> tuple[dict[str, torch.Tensor], str]:
                        f"or one under {', '.join(repr(k) for k in _WRAPPERS)}")
 
 
-def _strip(state: dict[str, torch.Tensor], fmt: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _strip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Remove the wrappers' name prefixes: DataParallel's ``module.``, DeACL's ``backbone.``; of DynACL's whole
     momentum model (``encoder_q.`` / ``encoder_k.``) keep ``encoder_k``, the copy DynACL releases and evaluates."""
     notes, out = [], dict(state)
@@ -325,7 +325,7 @@ def import_encoder(path: str | os.PathLike, out_dir: str | os.PathLike, format: 
         raise ImportError_(f"{path} is not a checkpoint that loads with weights_only=True ({first}); if it holds "
                            f"Python objects, re-save its state dict with torch.save(ckpt['state_dict'], FILE)") from None
     raw, wrapper = _find_state_dict(obj, str(path))
-    state, notes = _strip(raw, format)
+    state, notes = _strip(raw)
     found = detect_format(raw, wrapper)
     if format == "auto":
         if found is None:

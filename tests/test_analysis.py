@@ -80,10 +80,9 @@ def test_the_command_on_a_torchvision_model_writes_everything_once(tmp_path, mon
     heat = np.load(tmp_path / "heatmap.npz")
     assert heat["error"].shape == (64, 64) and np.allclose(np.nan_to_num(heat["increase"] + heat["clean_error"]),
                                                            np.nan_to_num(heat["error"]))
-    labels = json.loads(json.dumps(s))["n"]
     per_class = [k for k in heat.files if k.startswith("error_class_")]
     counts = [int(v) for v in np.genfromtxt(tmp_path / "margins.csv", delimiter=",", names=True)["label"]]
-    mix = sum(counts.count(int(k.rsplit("_", 1)[1])) * np.nan_to_num(heat[k]) for k in per_class) / labels
+    mix = sum(counts.count(int(k.rsplit("_", 1)[1])) * np.nan_to_num(heat[k]) for k in per_class) / s["n"]
     assert np.allclose(mix, np.nan_to_num(heat["error"]), atol=1e-6)   # the class maps average to the map
     assert set(np.load(tmp_path / "margins.npz").files) == {"low", "mid", "high"}
     for name in ("fourier_heat_map", "pgd_perturbations", "subspace_margins", "accuracy_under_band_attacks"):
