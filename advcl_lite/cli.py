@@ -21,6 +21,7 @@ from . import distributed
 from .checkpoint import CheckpointError, check_writable, load_checkpoint, write_json
 from .data import DataError, load_dataset
 from .evaluate import evaluate
+from .models import METHODS
 from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_classes, check_image_size, finetune, load_finetuned, load_split
 from .presets import PRESETS, check_count, get_preset
 from .pretrain import pretrain, pretrain_dataset, run_name
@@ -80,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "a folder of imported encoders (advcl-lite import-encoder --out DIR); auto (default) is "
                         "pretrained at quick, train at every other preset")
 
-    p = sub.add_parser("pretrain", help="pretrain an encoder with SimCLR, ACL or AdvCL")
+    p = sub.add_parser("pretrain", help="pretrain an encoder with SimCLR, ACL, AdvCL or DynACL")
     _preset_args(p)
-    p.add_argument("--method", required=True, choices=["simclr", "acl", "advcl"])
+    p.add_argument("--method", required=True, choices=list(METHODS),
+                   help="dynacl: DynACL (ICLR 2023); AIR's regularisers on acl or dynacl with --set air=true")
     p.add_argument("--out", default=None, help="run folder (default runs/<preset>/pretrain/<name>)")
     p.add_argument("--resume", dest="resume", action="store_true", default=True, help="continue from out/last.pt (default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring out/last.pt")

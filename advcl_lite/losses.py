@@ -80,6 +80,37 @@ def multiview_contrastive_loss(views: list[torch.Tensor] | tuple[torch.Tensor, .
     return per_anchor if reduction == "none" else per_anchor.mean()
 
 
+def air_regularizers(zi: torch.Tensor, zj: torch.Tensor, z_orig: torch.Tensor, zi_adv: torch.Tensor,
+                     zj_adv: torch.Tensor, temperature: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """AIR's two regularisers (Xu et al., NeurIPS 2023), as ``AIR_Loss`` in ``AIR.py`` of its released code
+    computes them; the inputs are the (B, d) L2-normalised projections of the two clean views, of the
+    un-augmented image and of the two adversarial views, row i from image i.
+
+    Each "distribution" is a softmax over the batch of one similarity per image:
+    ``p_i = softmax_k(<zi_k, zo_k> / t)`` and ``p_j`` likewise;
+    ``q_i = softmax_k(<zi_adv_k, zo_k> / t) * softmax_k(<zi_adv_k, zi_k> / t)`` (a product, not renormalised)
+    and ``q_j`` likewise. SIR = ``F.kl_div(p_i, log p_j, log_target=True, reduction="sum")`` and
+    AIR = ``F.kl_div(q_i, log q_j, ...)``: the released code hands ``kl_div`` probabilities where it expects
+    log-probabilities, so each term is ``sum_k P_j,k (log P_j,k - P_i,k)``, not a textbook KL; this function
+    computes what the released code computes. Nothing is detached. Returns ``(sir, air)``, float32 scalars.
+    """
+    views = _check_views([zi, zj, z_orig, zi_adv, zj_adv])
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    with torch.autocast(views[0].device.type, enabled=False):
+        zi, zj, zo, zi_adv, zj_adv = (_fp32(v) for v in views)
+
+        def sim(a, b):
+            return (a * b).sum(1) / temperature
+
+        p_i, log_p_j = F.softmax(sim(zi, zo), 0), F.log_softmax(sim(zj, zo), 0)
+        sir = F.kl_div(p_i, log_p_j, reduction="sum", log_target=True)
+        q_i = F.softmax(sim(zi_adv, zo), 0) * F.softmax(sim(zi_adv, zi), 0)
+        q_j = F.softmax(sim(zj_adv, zo), 0) * F.softmax(sim(zj_adv, zj), 0)
+        air = F.kl_div(q_i, torch.log(q_j), reduction="sum", log_target=True)
+    return sir, air
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """SimCLR's NT-Xent for two views (the V = 2 case of the multi-view loss)."""
     return multiview_contrastive_loss([z1, z2], temperature)

@@ -1,4 +1,4 @@
-"""The three pretraining methods, one class each, every step readable top to bottom.
+"""The pretraining methods, one class each, every step readable top to bottom.
 
 A method turns a batch into its loss, attack included: ``step = make_step("advcl", net, preset)``, then
 ``step(x, g, targets)`` -> a dict of scalar losses with the one to minimise under ``"loss"``. ``x`` is a
@@ -21,6 +21,8 @@ gets its own batch statistics (Fan et al. 2021, sections 3-4; ``pretraining_advC
 
   with 0.5 / 0.07 = 7.14 and lambda = 0.2. Ablations: ``view="lfc"`` (LFC instead of HFC),
   ``view="none"`` (no fourth view), ``use_pseudo=False`` (no L_PS), ``radius``.
+* :class:`DynACL`: ACL with DynACL's annealed augmentations, moving loss weight and momentum encoder (Luo et
+  al., ICLR 2023); ``preset.air`` adds AIR's two regularisers (Xu et al., NeurIPS 2023) to ACL or DynACL.
 
 Under ``torchrun`` each rank holds B/N images; every contrastive loss is that of the global batch
 (:func:`~advcl_lite.distributed.gather`, whose backward sums the ranks' gradients), the pseudo-label
@@ -32,24 +34,26 @@ The training loop, the optimisers and the runs are in :mod:`advcl_lite.pretrain`
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
 from .attacks import ContrastivePGD, JointPGD, PairPGD, PseudoLabelPGD
 from .distributed import gather
 from .frequency import HighPass, LowPass
-from .losses import multiview_contrastive_loss, pseudo_label_loss
+from .losses import air_regularizers, multiview_contrastive_loss, pseudo_label_loss
 from .models import METHODS, is_channels_last
 from .presets import Preset
 from .runtime import unwrap
-from .views import MultiView, crop_flip, simclr_view
+from .views import DynamicView, MultiView, crop_flip, simclr_view
 
 VIEWS = ("hfc", "lfc", "none")
 ACL_ATTACK_MODE = "eval"   # ACL's original attacks with the running statistics; AdvCL's follows preset.attack_mode
 
 
 class Method:
-    """What the three methods share: the network, the preset, and the views in the network's memory format.
+    """What the methods share: the network, the preset, and the views in the network's memory format.
 
     ``eval_route``: the BN route whose statistics the finetuned encoder keeps (:func:`models.export_encoder`).
     """
@@ -69,6 +73,13 @@ class Method:
 
     def _cl(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.nhwc else x
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before epoch ``epoch`` (1-based) of ``epochs``; DynACL's schedule."""
+
+    def epoch_record(self) -> dict[str, float]:
+        """What the method's schedule set for this epoch, recorded in the run's history (DynACL's strength, w)."""
+        return {}
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, targets=None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -92,21 +103,137 @@ class ACL(Method):
     def __init__(self, net: nn.Module, preset: Preset):
         super().__init__(net, preset)
         p = preset
-        self.attack = PairPGD(self.attack_net, p.eps, p.alpha, p.pgd_steps, route="pgd", temperature=p.temperature,
+        self.weight = 0.0            # w: the clean term weighs 1 - w and the adversarial one 1 + w (DynACL)
+        self.attack = PairPGD(self.pair_net(), p.eps, p.alpha, p.pgd_steps, route="pgd", temperature=p.temperature,
                               mode=ACL_ATTACK_MODE)
 
+    def pair_net(self) -> nn.Module:
+        """What embeds a pair ``torch.cat([v1, v2])`` for the attack: the network itself."""
+        return self.attack_net
+
+    def embed_pair(self, v1: torch.Tensor, v2: torch.Tensor, route: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projections of two views through ``route``, in one forward pass (shared batch statistics)."""
+        z1, z2 = self.net(torch.cat([v1, v2]), route).chunk(2)
+        return z1, z2
+
     def __call__(self, x, g, targets=None):
-        tau = self.p.temperature
+        p, w = self.p, self.weight
         t1, t2 = self.views(x, g)
         a1, a2 = self.attack(t1, t2)
-        zc = self.net(torch.cat([t1, t2]), "normal")
-        za = self.net(torch.cat([a1, a2]), "pgd")
-        lc = multiview_contrastive_loss([gather(v) for v in zc.chunk(2)], tau)
-        la = multiview_contrastive_loss([gather(v) for v in za.chunk(2)], tau)
-        return {"loss": 0.5 * (lc + la), "loss_clean": lc, "loss_adv": la}
+        zc, za = self.embed_pair(t1, t2, "normal"), self.embed_pair(a1, a2, "pgd")
+        lc = multiview_contrastive_loss([gather(v) for v in zc], p.temperature)
+        la = multiview_contrastive_loss([gather(v) for v in za], p.temperature)
+        out = {"loss_clean": lc, "loss_adv": la}
+        if p.air:     # AIR's pretraining.py: the weighted sum (not halved) plus its two regularisers
+            zo = self.net(self._cl(x), "normal")      # the un-augmented image, a third forward through `normal`
+            sir, air = air_regularizers(*(gather(v) for v in (*zc, zo, *za)), temperature=p.temperature)
+            out["loss"] = (1 - w) * lc + (1 + w) * la + p.air_lambda1 * sir + p.air_lambda2 * air
+            out["loss_sir"], out["loss_air"] = sir, air
+        else:         # ACL's mean of the two terms; DynACL's weighted mean
+            out["loss"] = 0.5 * ((1 - w) * lc + (1 + w) * la)
+        self.after_loss()
+        return {"loss": out.pop("loss"), **out}
+
+    def after_loss(self) -> None:
+        """Called once the step's loss is computed, before its backward pass."""
 
     def __repr__(self) -> str:
-        return f"ACL(views={self.augment!r}, attack={self.attack!r})"
+        return f"{type(self).__name__}(views={self.augment!r}, attack={self.attack!r}, air={self.p.air})"
+
+
+def dynacl_period(epochs: int, stages: int) -> int:
+    """Epochs per augmentation-strength stage: the original re-sets the strength every 50 of its 1,000 epochs
+    (``--reload_frequency 50``, 20 stages); a run of ``epochs`` keeps ``stages`` stages, at least one epoch each."""
+    return max(1, math.ceil(epochs / stages))
+
+
+def dynacl_strength(epoch: int, epochs: int, stages: int = 20) -> float:
+    """DynACL's augmentation strength in epoch ``epoch`` (1-based): ``1 - (epoch - 1) / epochs`` rounded down to
+    the start of its stage, as ``train_DynACL.py`` sets it when it reloads the data (1.0, 0.95, ... at paper scale)."""
+    k = dynacl_period(epochs, stages)
+    return 1.0 - ((epoch - 1) // k) * k / epochs
+
+
+def dynacl_weight(epoch: int, epochs: int, stages: int = 20, swap: float = 2 / 3, air: bool = False) -> float:
+    """w of DynACL's loss ``((1 - w) L_clean + (1 + w) L_adv) / 2`` in epoch ``epoch`` (1-based).
+
+    ``train_DynACL.py``: ``weight_adv = min(1 + (epoch // K) * (K / epochs) * swap, 2)``, w = weight_adv - 1,
+    which steps at multiples of K, one epoch before the strength does (kept, as released). AIR's code
+    (``air=True``): ``w = swap * (1 - strength)``, in step with the strength."""
+    if air:
+        return swap * (1.0 - dynacl_strength(epoch, epochs, stages))
+    k = dynacl_period(epochs, stages)
+    return min((epoch // k) * (k / epochs) * swap, 1.0)
+
+
+class _SwapPair(nn.Module):
+    """DynACL's ``forward(..., swap=True)``: of a pair ``torch.cat([v1, v2])``, v1 goes through the network and
+    v2 through its momentum copy ``net.key`` (which takes no gradient)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, route: str = "normal") -> torch.Tensor:
+        v1, v2 = x.chunk(2)
+        return torch.cat([self.net(v1, route), self.net.key(v2, route)])
+
+
+class DynACL(ACL):
+    """DynACL (Luo, Wang & Wang, ICLR 2023; ``train_DynACL.py`` of PKU-ML/DYNACL): ACL whose augmentations weaken
+    over training and whose loss moves its weight from the clean to the adversarial term.
+
+    * Views: :func:`~advcl_lite.views.dynamic_view` at strength ``s`` = :func:`dynacl_strength` (set each epoch).
+    * Loss: ``((1 - w) L_clean + (1 + w) L_adv) / 2`` with w = :func:`dynacl_weight` (0 -> 2/3 over the run).
+    * Momentum encoder (the released code, beyond the paper; ``preset.dynacl_momentum`` = 0.99): the second view
+      of every pair, clean and attacked, goes through ``net.key``, a copy that follows the network by
+      ``key = 0.99 key + 0.01 net`` after each step's forward and takes no gradient; the attack does the same.
+      The exported encoder is the copy (``model_encoder_k.pt``, what DynACL's finetuning loads), route ``pgd``.
+      ``dynacl_momentum=0`` trains one network, as AIR's DynACL does.
+    * ``preset.air``: AIR's regularisers (:func:`~advcl_lite.losses.air_regularizers`), the loss then summed as
+      in AIR's code and w in step with the strength.
+    * The network normalises its input with ImageNet's mean and std, as DynACL's.
+    """
+
+    name, eval_route = "dynacl", "pgd"
+
+    def __init__(self, net: nn.Module, preset: Preset):
+        self.momentum = float(preset.dynacl_momentum)
+        has_key = getattr(unwrap(net), "key", None) is not None
+        if has_key != (self.momentum > 0):
+            raise ValueError(f"DynACL with dynacl_momentum={self.momentum:g} needs a network "
+                             f"{'with' if self.momentum > 0 else 'without'} a momentum copy; build it with "
+                             f"build_net('dynacl', ..., momentum_copy={self.momentum > 0})")
+        super().__init__(net, preset)
+        self.view = DynamicView(1.0)
+        self.augment = MultiView(self.view, self.view)
+        self.set_epoch(1, preset.epochs)
+
+    def pair_net(self) -> nn.Module:
+        return _SwapPair(self.attack_net) if self.momentum > 0 else self.attack_net
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        p = self.p
+        self.view.strength = dynacl_strength(epoch, epochs, p.dynacl_stages)
+        self.weight = dynacl_weight(epoch, epochs, p.dynacl_stages, p.dynacl_swap, air=p.air)
+
+    def epoch_record(self) -> dict[str, float]:
+        return {"strength": self.view.strength, "w": self.weight}
+
+    def embed_pair(self, v1, v2, route):
+        if self.momentum <= 0:
+            return super().embed_pair(v1, v2, route)
+        with torch.no_grad():
+            z2 = self.attack_net.key(v2, route)
+        return self.net(v1, route), z2
+
+    def after_loss(self) -> None:
+        if self.momentum > 0:
+            self.attack_net.update_momentum_copy(self.momentum)
+
+    def __repr__(self) -> str:
+        return (f"DynACL(views={self.augment!r}, w={self.weight:.3f}, momentum={self.momentum:g}, "
+                f"attack={self.attack!r}, air={self.p.air})")
 
 
 class AdvCL(Method):
@@ -169,7 +296,7 @@ class AdvCL(Method):
                 f"cl_attack={self.cl_attack!r}, ce_attack={self.ce_attack!r})")
 
 
-METHOD_CLASSES = {c.name: c for c in (SimCLR, ACL, AdvCL)}
+METHOD_CLASSES = {c.name: c for c in (SimCLR, ACL, AdvCL, DynACL)}
 EVAL_ROUTE = {name: c.eval_route for name, c in METHOD_CLASSES.items()}
 
 

@@ -8,6 +8,7 @@ BatchNorm2d, which is what :func:`export_encoder` returns for finetuning.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
@@ -19,9 +20,13 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .runtime import resolve_device
 
-METHODS = ("simclr", "acl", "advcl")
+METHODS = ("simclr", "acl", "advcl", "dynacl")
 # the BN routes each method's backbone trains (AdvCL adds "pgd_ce" when it has pseudo-label heads)
-ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "pgd")}
+ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "pgd"), "dynacl": ("normal", "pgd")}
+# DynACL's network normalises its input with ImageNet's mean and std (NormalizeByChannelMeanStd in
+# PKU-ML/DYNACL models/resnet_multi_bn.py); the other methods' networks take [0, 1] images as they are
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INPUT_NORM = {"dynacl": IMAGENET_NORM}
 
 
 class RoutedBatchNorm2d(nn.Module):
@@ -207,11 +212,11 @@ class ContrastiveNet(nn.Module):
     ``"acl"``: :class:`ACLProjectionHead` (d -> d -> d -> d, one BN per route)."""
 
     def __init__(self, base_width: int = 16, routes: tuple[str, ...] = ("normal",), proj_dim: int = 128,
-                 pseudo_ks: tuple[int, ...] = (), head: str = "advcl"):
+                 pseudo_ks: tuple[int, ...] = (), head: str = "advcl", input_norm=None):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        self.backbone = ResNet18(base_width, routes)
+        self.backbone = ResNet18(base_width, routes, input_norm=input_norm)
         self.head_type = head
         d = self.backbone.feature_dim
         self.head = ProjectionHead(d, proj_dim) if head == "advcl" else ACLProjectionHead(d, self.backbone.routes)
@@ -249,6 +254,23 @@ class ContrastiveNet(nn.Module):
     def pseudo_logits(self, x: torch.Tensor, route: str = "pgd_ce") -> list[torch.Tensor]:
         return self(x, route, output="pseudo")
 
+    def add_momentum_copy(self) -> "ContrastiveNet":
+        """Give the network ``self.key``: a copy of itself whose weights follow by a moving average
+        (:meth:`update_momentum_copy`) and take no gradient, DynACL's ``encoder_k``. The copy is a submodule,
+        so checkpoints, ``train()`` / ``eval()`` and devices carry it; :func:`export_encoder` exports it."""
+        key = copy.deepcopy(self)
+        key.requires_grad_(False)
+        self.add_module("key", key)
+        return self
+
+    @torch.no_grad()
+    def update_momentum_copy(self, m: float) -> None:
+        """``key = m * key + (1 - m) * self`` for the parameters (DynACL's ``_momentum_update_key_encoder``);
+        the copy's BN statistics are its own, gathered by its own forward passes."""
+        own = dict(self.named_parameters())
+        for name, pk in self.key.named_parameters():
+            pk.mul_(m).add_(own[name].detach(), alpha=1.0 - m)
+
 
 class Classifier(nn.Module):
     """Encoder + linear head on [0, 1] images; what finetuning trains and attacks evaluate."""
@@ -265,8 +287,11 @@ class Classifier(nn.Module):
 
 
 def export_encoder(net: nn.Module, route: str = "pgd") -> ResNet18:
-    """A plain single-BN ResNet18 holding the backbone weights and route ``route``'s BN statistics."""
+    """A plain single-BN ResNet18 holding the backbone weights and route ``route``'s BN statistics (of the
+    momentum copy ``net.key`` when the network has one: the encoder DynACL's code saves and evaluates)."""
     net = getattr(net, "module", net)
+    key = getattr(net, "key", None)
+    net = key if key is not None else net
     backbone = net.backbone if isinstance(net, ContrastiveNet) else net
     if not isinstance(backbone, ResNet18):
         raise TypeError(f"expected a ContrastiveNet or ResNet18, got {type(net).__name__}")
@@ -317,13 +342,15 @@ def is_channels_last(model: nn.Module) -> bool:
 
 # --------------------------------------------------------------------------- a method's network, and reading it back
 
-def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl") -> ContrastiveNet:
-    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads)
-    and projection head ``head`` (:func:`head_of`)."""
+def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl", momentum_copy: bool = False) -> ContrastiveNet:
+    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads),
+    projection head ``head`` (:func:`head_of`), the method's input normalisation, and (``momentum_copy``,
+    DynACL) a momentum copy of itself."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     routes = ROUTES[method] + (("pgd_ce",) if pseudo_ks else ())
-    return ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head)
+    net = ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head, input_norm=INPUT_NORM.get(method))
+    return net.add_momentum_copy() if momentum_copy else net
 
 
 def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNet, dict[str, Any]]:
@@ -336,7 +363,7 @@ def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNe
     meta = ck["meta"]
     try:
         net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())),
-                        meta.get("head", "advcl"))
+                        meta.get("head", "advcl"), bool(meta.get("momentum_copy", False)))
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: pretraining checkpoint metadata is incomplete ({e}); re-create it") from None
     load_weights(net, ck["state_dict"], str(path))

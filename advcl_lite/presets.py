@@ -52,6 +52,14 @@ class Preset:
     hfc_radius: float = 8.0
     pseudo_ks: tuple[int, ...] = (2, 10, 50, 100, 500)   # K > N/2 is dropped for small training sets
     pseudo_lambda: float = 0.2
+    # DynACL (Luo et al., ICLR 2023; PKU-ML/DYNACL train_DynACL.py) and AIR (Xu et al., NeurIPS 2023;
+    # Enhancing_ACL_via_AIR AIR.py): see advcl_lite.methods.DynACL
+    dynacl_stages: int = 20           # augmentation-strength stages per run: the original re-sets it every 50 of 1000 epochs
+    dynacl_swap: float = 2 / 3        # how far the loss weight moves from the clean to the adversarial term
+    dynacl_momentum: float = 0.99     # DynACL's momentum encoder for the second view (0: one network, as AIR's DynACL)
+    air: bool = False                 # AIR's two regularisers on ACL / DynACL (the loss then sums, as AIR's code)
+    air_lambda1: float = 0.5          # AIR's standard-invariance (SIR) term
+    air_lambda2: float = 0.5          # AIR's adversarial-invariance term
     # finetuning (the paper's SLF / ALF / AFF)
     ft_epochs: int = 10
     ft_lr: float = 0.01               # SLF / ALF
@@ -231,5 +239,13 @@ def _validate(p: Preset) -> None:
         raise ValueError(f"warmup_epochs={p.warmup_epochs} is longer than the run (epochs={p.epochs})")
     if p.hfc_radius < 0:
         raise ValueError(f"hfc_radius={p.hfc_radius} must be >= 0")
+    if p.dynacl_stages < 1:
+        raise ValueError(f"preset field 'dynacl_stages' must be >= 1, not {p.dynacl_stages}")
+    if not 0.0 <= p.dynacl_momentum < 1.0:
+        raise ValueError(f"preset field 'dynacl_momentum' must be in [0, 1), not {p.dynacl_momentum} "
+                         f"(0.99 as DynACL's code; 0 for no momentum encoder)")
+    for key in ("dynacl_swap", "air_lambda1", "air_lambda2"):
+        if getattr(p, key) < 0:
+            raise ValueError(f"preset field {key!r} must be >= 0, not {getattr(p, key)}")
     if any(k < 2 for k in p.pseudo_ks):
         raise ValueError(f"every pseudo-label K must be >= 2, got {p.pseudo_ks}")

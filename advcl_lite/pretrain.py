@@ -1,4 +1,4 @@
-"""Adversarial contrastive pretraining: SimCLR, ACL and AdvCL on one training loop.
+"""Adversarial contrastive pretraining: SimCLR, ACL, AdvCL and DynACL on one training loop.
 
 Each method's step (views, attack, loss) is a class of :mod:`advcl_lite.methods`; this module runs it:
 the optimiser and learning-rate schedule, the epochs, checkpoints and resume, and AdvCL's own
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -91,22 +92,26 @@ def pretrain_dataset(preset: Preset, data: str | ImageDataset | None = None) -> 
     return class_balanced_subset(ds, preset.train_subset, seed=preset.seed)
 
 
-def run_name(method: str, view: str = "hfc", pseudo: bool = True, radius: float | None = None) -> str:
-    """Folder name of a run: ``simclr``, ``acl``, ``advcl`` (with pseudo-labels, the paper's method),
-    ``advcl-nopl``, ``advcl-lfc``, ``advcl-none-nopl``, ``advcl-r4`` ..."""
+def run_name(method: str, view: str = "hfc", pseudo: bool = True, radius: float | None = None,
+             air: bool = False) -> str:
+    """Folder name of a run: ``simclr``, ``acl``, ``dynacl``, ``dynacl-air`` (AIR's terms), ``advcl`` (with
+    pseudo-labels, the paper's method), ``advcl-nopl``, ``advcl-lfc``, ``advcl-none-nopl``, ``advcl-r4`` ..."""
     if method != "advcl":
-        return method
+        return method + ("-air" if air and method in AIR_METHODS else "")
     name = "advcl" + ("" if view == "hfc" else f"-{view}") + ("" if pseudo else "-nopl")
     return name + (f"-r{radius:g}" if radius is not None else "")
 
 
+AIR_METHODS = ("acl", "dynacl")    # the methods that take AIR's regularisers (preset.air)
+
+
 def uses_lars(method: str, preset: Preset) -> bool:
-    """SimCLR and ACL train with LARS as ACL's code does, unless ``acl_optimizer="sgd"``."""
-    return method in ("simclr", "acl") and preset.acl_optimizer == "lars"
+    """SimCLR, ACL and DynACL train with LARS as ACL's and DynACL's code do, unless ``acl_optimizer="sgd"``."""
+    return method in ("simclr", "acl", "dynacl") and preset.acl_optimizer == "lars"
 
 
 def make_optimizer(method: str, net: nn.Module, preset: Preset) -> torch.optim.Optimizer:
-    """LARS (SimCLR, ACL: lr ``acl_lr``, weight decay ``acl_weight_decay``, trust ``lars_eta``) or
+    """LARS (SimCLR, ACL, DynACL: lr ``acl_lr``, weight decay ``acl_weight_decay``, trust ``lars_eta``) or
     SGD (AdvCL: lr ``lr``, weight decay ``weight_decay``), momentum ``momentum``."""
     if uses_lars(method, preset):
         return LARS(net.parameters(), lr=preset.acl_lr, momentum=preset.momentum,
@@ -117,12 +122,24 @@ def make_optimizer(method: str, net: nn.Module, preset: Preset) -> torch.optim.O
 def _lr_lambda(method: str, preset: Preset, steps_per_epoch: int):
     warm = round(preset.warmup_epochs * steps_per_epoch)
     total = max(1, preset.epochs * steps_per_epoch)
+    if method == "dynacl" and uses_lars(method, preset):   # train_DynACL.py steps ACL's cosine once per epoch
+        return lambda step: _per_epoch_cosine(step // max(1, steps_per_epoch), preset.epochs, preset.warmup_epochs,
+                                              1e-6 / preset.acl_lr)
     if uses_lars(method, preset):   # ACL's cosine_annealing: warm-up from 0, cosine to an absolute 1e-6
         return lambda step: lr_factor(step, warm, total, start=0.0, end=1e-6 / preset.acl_lr)
     # AdvCL's warmup_learning_rate / adjust_learning_rate: from an absolute 0.01, cosine to lr * 1e-3
     spe = steps_per_epoch if preset.advcl_lr_per_epoch else None
     return lambda step: lr_factor(step, warm, total, start=min(1.0, 0.01 / preset.lr), end=1e-3,
                                   steps_per_epoch=spe)
+
+
+def _per_epoch_cosine(epoch: int, epochs: int, warmup: float, end: float) -> float:
+    """ACL's ``cosine_annealing`` evaluated at the epoch (0-based) as DynACL's scheduler steps it: ``(epoch + 1) /
+    warmup`` during the warm-up epochs, then a cosine from 1 to ``end`` over the remaining epochs."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    t = min(1.0, max(0.0, (epoch - warmup) / max(1e-9, epochs - warmup)))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def _config(method: str, preset: Preset, view: str, radius: float, pseudo_meta: dict | None,
@@ -140,10 +157,14 @@ def _config(method: str, preset: Preset, view: str, radius: float, pseudo_meta: 
         keys += ["acl_head"]
     else:
         keys += ["base_temperature"]
-    if method in ("acl", "advcl"):
+    if method in ("acl", "advcl", "dynacl"):
         keys += ["eps", "alpha", "pgd_steps"]
+    if method == "dynacl":
+        keys += ["dynacl_stages", "dynacl_swap", "dynacl_momentum"]
+    if method in AIR_METHODS and preset.air:      # absent when off, so runs made before AIR existed still resume
+        keys += ["air", "air_lambda1", "air_lambda2"]
     training = {k: getattr(preset, k) for k in keys}
-    if method == "acl":
+    if method in ("acl", "dynacl"):
         training["attack_mode"] = ACL_ATTACK_MODE
     if method == "advcl":
         training["attack_mode"] = preset.attack_mode
@@ -168,7 +189,7 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def head_of(method: str, preset: Preset) -> str:
-    """The projection head a method trains with: AdvCL's, or (SimCLR, ACL) ``preset.acl_head``."""
+    """The projection head a method trains with: AdvCL's, or (SimCLR, ACL, DynACL) ``preset.acl_head``."""
     return "advcl" if method == "advcl" else preset.acl_head
 
 
@@ -253,7 +274,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
              device=None, progress: bool | None = None, recompute_anchors: bool = False,
              max_epochs: int | None = None, labels_dir: str | os.PathLike | None = None, sync_bn: bool = True,
              **overrides) -> PretrainResult:
-    """Pretrain ``method`` ("simclr", "acl", "advcl") at ``preset`` into ``out_dir``.
+    """Pretrain ``method`` ("simclr", "acl", "advcl", "dynacl") at ``preset`` into ``out_dir``.
 
     ``data``: a dataset name/path or an :class:`ImageDataset` (default: the preset's);
     ``overrides``: preset fields (``epochs=2``, ``base_width=8`` ...). ``pseudo_labels``: a
@@ -282,10 +303,11 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
         raise ValueError(f"max_epochs must be >= 0, got {max_epochs}")
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     pseudo_ks = tuple(pl.ks) if pl is not None else ()
-    name = run_name(method, view, pl is not None, radius_arg)
+    name = run_name(method, view, pl is not None, radius_arg, preset.air)
+    momentum_copy = method == "dynacl" and preset.dynacl_momentum > 0
 
     gen = seed_everything(preset.seed)      # the batches' order (the same on every rank) and, alone, the views
-    net = build_net(method, preset.base_width, pseudo_ks, head_of(method, preset)).to(device)
+    net = build_net(method, preset.base_width, pseudo_ks, head_of(method, preset), momentum_copy).to(device)
     net = to_channels_last(net, preset.channels_last)
     if world > 1 and sync_bn:
         net = distributed.convert_sync_batchnorm(net)
@@ -336,7 +358,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
         model = distributed.wrap(net, device)
         step = make_step(method, model, preset, view, radius, pl is not None, recompute_anchors)
         meta_base = {"config": config, "method": method, "routes": list(net.routes), "eval_route": EVAL_ROUTE[method],
-                     "head": net.head_type,
+                     "head": net.head_type, "momentum_copy": momentum_copy,
                      "base_width": preset.base_width, "pseudo_ks": list(pseudo_ks), "seed": preset.seed,
                      "epochs": preset.epochs, "dataset": ds.id, "image_size": ds.image_size, "run_name": name,
                      "view": view if method == "advcl" else None, "radius": radius if method == "advcl" else None,
@@ -369,6 +391,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
         t_run = time.perf_counter()
         for epoch in range(start_epoch, end_epoch):
             model.train()
+            step.set_epoch(epoch + 1, preset.epochs)
             t0, sums, seen, lr_used = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
             bar = progress_bar(ds.batches(bs, shuffle=True, generator=gen, device=device, drop_last=True, part=part),
                                total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{preset.epochs}", progress=show)
@@ -396,7 +419,7 @@ def pretrain(method: str, preset: str | Preset = "smoke", *, out_dir: str | os.P
             secs = time.perf_counter() - t0
             means = distributed.all_reduce_mean({k: v / max(seen, 1) for k, v in sums.items()})   # over the ranks
             seen *= world
-            rec = {"epoch": epoch + 1, **means, "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
+            rec = {"epoch": epoch + 1, **means, **step.epoch_record(), "lr": lr_used, "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
             history.append(rec)
             if show:
                 print(f"[{name}] epoch {epoch + 1}/{preset.epochs} loss {rec['loss']:.4f} "
@@ -435,7 +458,7 @@ def get_or_train(method: str, preset: str | Preset, work_dir: str | os.PathLike,
     device = distributed.setup(resolve_device(device))   # under torchrun: join the process group first
     p, ds, r, pl, config = _resolve(method, preset, data, view, radius, pseudo_labels, overrides, work_dir,
                                     device, progress)
-    out = Path(work_dir) / "pretrain" / run_name(method, view, pl is not None, radius)
+    out = Path(work_dir) / "pretrain" / run_name(method, view, pl is not None, radius, p.air)
     final, last = out / "final.pt", out / "last.pt"
     # under torchrun rank 0 decides and moves files; every rank then trains (or loads) together
     if distributed.broadcast_object(final.exists() and _stored_config(final) == config):

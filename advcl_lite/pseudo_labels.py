@@ -499,7 +499,7 @@ def make_pseudo_labels(encoder, dataset, ks: Sequence[int] = DEFAULT_KS, seed: i
         raise ValueError(f"no usable K in {tuple(ks)} for a dataset of {n} images (K must be in [2, {n // 2}])")
     dev = resolve_device(device)
     net, info = _load_encoder(encoder, dev)
-    if info.get("encoder_method") in ("acl", "advcl"):
+    if info.get("encoder_method") in ("acl", "advcl", "dynacl"):
         warnings.warn(f"the encoder is an adversarially trained {info['encoder_method']} run; AdvCL's pseudo-labels "
                       f"come from a standard (SimCLR) encoder", UserWarning, stacklevel=2)
     t0 = time.perf_counter()

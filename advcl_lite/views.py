@@ -6,6 +6,7 @@ views); the data path then stays a small fraction of an AdvCL step (``benchmarks
 
 * :func:`simclr_view` - the SimCLR augmentation of ``pretraining_advCL.py`` (and ACL's code);
 * :func:`crop_flip` - AdvCL's "original" view o: RandomCrop(padding=4) + horizontal flip;
+* :func:`dynamic_view` - DynACL's view, whose augmentations scale with a strength in [0, 1];
 * :class:`MultiView` - a list of views of one batch, drawn in a fixed order
   (``MultiView(simclr_view, simclr_view, crop_flip)(x, g)`` -> ``[t1, t2, o]``).
 """
@@ -124,6 +125,34 @@ def simclr_view(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tens
     x = torch.where(jit, color_jitter(x, g=g), x)
     gray = (torch.rand(n, generator=g) < 0.2).to(x.device)[:, None, None, None]
     return torch.where(gray, _gray(x).expand_as(x), x)
+
+
+def dynamic_view(x: torch.Tensor, g: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
+    """DynACL's view at augmentation strength ``s`` in [0, 1] (``reload()`` in PKU-ML/DYNACL ``train_DynACL.py``):
+    RandomResizedCrop(scale 1 - 0.9 s to 1), flip (p 0.5, never scaled), ColorJitter(0.4 s, 0.4 s, 0.4 s, 0.1 s)
+    with p = 0.8 s, RandomGrayscale p = 0.2 s. At s = 1 the crop reaches 10 % of the image (SimCLR's view here:
+    20 %); at s = 0 the view is a flip of the image."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"augmentation strength must be in [0, 1], got {strength}")
+    s, n = float(strength), x.shape[0]
+    x = random_flip(random_resized_crop(x, scale=(1.0 - 0.9 * s, 1.0), g=g), 0.5, g)
+    jit = (torch.rand(n, generator=g) < 0.8 * s).to(x.device)[:, None, None, None]
+    x = torch.where(jit, color_jitter(x, 0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s, g=g), x)
+    gray = (torch.rand(n, generator=g) < 0.2 * s).to(x.device)[:, None, None, None]
+    return torch.where(gray, _gray(x).expand_as(x), x)
+
+
+class DynamicView:
+    """:func:`dynamic_view` at a strength that the training loop sets (``view.strength = s``)."""
+
+    def __init__(self, strength: float = 1.0):
+        self.strength = float(strength)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return dynamic_view(x, g, self.strength)
+
+    def __repr__(self) -> str:
+        return f"dynamic_view(strength={self.strength:g})"
 
 
 class MultiView:
