@@ -25,6 +25,10 @@ presets scale the original's 10 of 1000 epochs): does the HFC view's penalty shr
 pseudo-labels clustered from that SimCLR, a random encoder), finetune SLF and ALF on classes 5-9 and
 evaluate on their test images, which no encoder saw: robustness carried to a task the pretraining never saw.
 
+``--study methods`` (issue 32): what came after AdvCL, at the same scale: ACL, AdvCL (its default
+pseudo-labels, five heads), DynACL and DynACL-AIR (as AIR's code runs it: AIR's regularisers, no momentum
+encoder), each finetuned SLF and ALF: does the leaderboard's order hold on a CPU budget?
+
 Every run: SA and PGD-20 RA on the preset's ``eval_n`` test images with 95 % Wilson intervals; ``--aa-n N``
 adds the standard AutoAttack on N of the same images; ``--set FIELD=VALUE`` changes a preset field for
 every run (e.g. ``amp=bf16``: each record says so). Everything is cached under ``--out`` (one folder per row
@@ -34,6 +38,7 @@ given (the most informative first).
     python benchmarks/studies.py --study pseudo --preset benchmark --data ../shared/data/cifar10-jpeg.zip --seeds 0
     python benchmarks/studies.py --study length --set amp=bf16 --out benchmarks/out/study-length
     python benchmarks/studies.py --study transfer --out benchmarks/out/study-transfer
+    python benchmarks/studies.py --study methods --seeds 0 1 --out benchmarks/out/study-methods
 """
 from __future__ import annotations
 
@@ -79,6 +84,10 @@ ARMS = {"acl": ("acl", "hfc", "ACL"), "advcl-nopl": ("advcl", "hfc", "AdvCL with
         "advcl-nopl-none": ("advcl", "none", "AdvCL without pseudo-labels, no 4th view")}
 # study 3: the encoders pretrained on classes 0-4
 TRANSFER = {"simclr": "SimCLR", "acl": "ACL", "advcl": "AdvCL", "random": "Random init"}
+# issue 32: (method, preset overrides, name)
+LATER = {"dynacl": ("dynacl", {}, "DynACL"),
+         "dynacl-air": ("dynacl", {"air": True, "dynacl_momentum": 0.0}, "DynACL-AIR"),
+         "acl": ("acl", {}, "ACL"), "advcl": ("advcl", {}, "AdvCL")}
 
 
 def nmi(a, b) -> float:
@@ -225,6 +234,24 @@ def study_transfer(st: Study, train_full, test) -> None:
     report_transfer(st)
 
 
+def study_methods(st: Study, train_full, test) -> None:
+    a = st.args
+    for seed in a.seeds:
+        work = st.out / f"seed{seed}"
+        for row in a.rows or list(LATER):
+            method, extra, name = LATER[row]
+            P = get_preset(a.preset, seed=seed, data=a.data, **{**st.overrides, **extra})
+            for scheme in ("slf", "alf"):
+                if st.done(row, seed, scheme.upper()):
+                    continue
+                res = get_or_train(method, P, work, data=train_full, device=a.device)   # AdvCL: its own SimCLR labels
+                st.finish(row, name, seed, res.checkpoint, P, train_full, test,
+                          sum(h["seconds"] for h in res.history), scheme=scheme,
+                          folder=work / "finetune" / f"{row}-{scheme}", air=P.air, dynacl_momentum=P.dynacl_momentum)
+                report_methods(st)
+    report_methods(st)
+
+
 def _row_line(r, extra: str = "") -> str:
     aa = f"{pct(r['aa'])} ({r['aa_n']})" if r.get("aa") is not None else "-"
     return (f"| {r['method']} | {r['scheme']} | {r['seed']} |{extra} {pct(r['sa'])} [{pct(r['sa_ci'][0])}, "
@@ -285,7 +312,15 @@ def report_transfer(st: Study) -> None:
                                      ("advcl", "random"), ("simclr", "random")]))
 
 
-STUDIES = {"pseudo": study_pseudo, "length": study_length, "transfer": study_transfer}
+def report_methods(st: Study) -> None:
+    order = list(LATER)
+    recs = sorted(st.records, key=lambda r: (r["scheme"], order.index(r["row"]), r["seed"]))
+    _write(st, "Issue 32: DynACL and DynACL-AIR beside ACL and AdvCL", "", [_row_line(r) for r in recs],
+           _comparisons(st.records, [("dynacl", "acl"), ("dynacl-air", "acl"), ("dynacl-air", "dynacl"),
+                                     ("dynacl", "advcl"), ("advcl", "acl")]))
+
+
+STUDIES = {"pseudo": study_pseudo, "length": study_length, "transfer": study_transfer, "methods": study_methods}
 
 
 def main() -> None:
@@ -296,7 +331,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--rows", nargs="+", default=None,
                     help=f"rows in this order (pseudo: {', '.join(ROWS)}; length: {', '.join(ARMS)}; "
-                         f"transfer: {', '.join(TRANSFER)})")
+                         f"transfer: {', '.join(TRANSFER)}; methods: {', '.join(LATER)})")
     ap.add_argument("--epochs", type=int, nargs="+", default=[5, 15, 40], help="length: the training lengths")
     ap.add_argument("--long-epochs", type=int, default=50, help="pseudo: the long SimCLR's epochs")
     ap.add_argument("--aa-n", type=int, default=0, help="also the standard AutoAttack on this many test images")
@@ -306,7 +341,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    valid = {"pseudo": ROWS, "length": ARMS, "transfer": TRANSFER}[args.study]
+    valid = {"pseudo": ROWS, "length": ARMS, "transfer": TRANSFER, "methods": LATER}[args.study]
     bad = [r for r in args.rows or [] if r not in valid]
     if bad:
         ap.error(f"--rows {' '.join(bad)}: not a row of study {args.study} (rows: {', '.join(valid)})")

@@ -110,7 +110,8 @@ TINY_STUDY = ["--preset", "smoke", "--data", "sample", "--device", "cpu", "--thr
 
 @pytest.mark.parametrize("study, rows, expect", [
     ("pseudo", ["oracle", "random"], {("oracle", "SLF"), ("random", "SLF")}),
-    ("transfer", ["random"], {("random", "SLF"), ("random", "ALF")})])
+    ("transfer", ["random"], {("random", "SLF"), ("random", "ALF")}),
+    ("methods", ["dynacl-air"], {("dynacl-air", "SLF"), ("dynacl-air", "ALF")})])
 def test_each_study_writes_its_records_and_a_second_call_recomputes_nothing(tmp_path, monkeypatch, study, rows, expect):
     """benchmarks/studies.py (issue 27) at a tiny size: one record per row and scheme with its interval, the
     oracle's labels score NMI 1 and random labels near 0, the transfer rows train on classes 5-9 only; a second
@@ -127,6 +128,8 @@ def test_each_study_writes_its_records_and_a_second_call_recomputes_nothing(tmp_
     if study == "pseudo":
         by = {r["row"]: r for r in recs}
         assert by["oracle"]["nmi"] == pytest.approx(1.0) and by["random"]["nmi"] < 0.5   # 64 images: NMI of chance is not 0
+    elif study == "methods":
+        assert all(r["air"] and r["dynacl_momentum"] == 0 for r in recs)   # DynACL-AIR as AIR's code runs it
     else:
         assert all(r["finetune_data"].endswith("classes5-9") and r["pretrain_data"].endswith("classes0-4")
                    for r in recs)
