@@ -16,6 +16,7 @@ check                          notebook   the library's own
 :func:`check_assign`           03         :func:`advcl_lite.pseudo_labels.assign_to_centres`
 :func:`check_robust_accuracy`  04         :func:`advcl_lite.evaluate.robust_accuracy`
 :func:`check_radial_spectrum`  05         :func:`advcl_lite.frequency.radial_power_spectrum`
+:func:`check_dynacl_strength`  06         :func:`advcl_lite.methods.strength_at`
 =============================  =========  ===========================================================
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from .evaluate import robust_accuracy
 from .frequency import frequency_radius, high_pass, low_pass, radial_power_spectrum
 from .losses import multiview_contrastive_loss
+from .methods import strength_at
 from .pseudo_labels import assign_to_centres
 
 
@@ -230,4 +232,26 @@ def check_radial_spectrum(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch
         k = int((power - want_p.double()).abs().argmax())
         _fail(name, f"on {case} ring {k} has {float(power[k]):.4g}, expected {float(want_p[k]):.4g}: average "
                     f"|FFT|^2 over images and channels, then over the bins whose rounded distance to DC is k")
+    return _ok(name, len(cases))
+
+
+def check_dynacl_strength(fn: Callable[[int, int, int], float]) -> None:
+    """``fn(epoch, epochs, period)``: DynACL's augmentation strength in epoch ``epoch`` (1-based)."""
+    name = "dynacl_strength"
+    cases = [(1, 1000, 50), (50, 1000, 50), (51, 1000, 50), (1000, 1000, 50), (3, 5, 1), (5, 5, 1), (7, 40, 2)]
+    for epoch, epochs, period in cases:
+        case = f"epoch {epoch} of {epochs}, period {period}"
+        got = _call(name, fn, case, epoch, epochs, period)
+        want = strength_at(epoch, epochs, period)
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            _fail(name, f"return a number on {case}, got {type(got).__name__}")
+        if abs(got - want) < 1e-9:
+            continue
+        if abs(got - (1 - (epoch - 1) / epochs)) < 1e-9:
+            _fail(name, f"on {case} you got {got:.4f}: the strength changes only when a period starts (epochs 1, "
+                        f"1 + period, ...); hold it within each period")
+        if abs(got - (1 - epoch / epochs)) < 1e-9 or abs(got - strength_at(epoch + 1, epochs, period)) < 1e-9:
+            _fail(name, f"on {case} you got {got:.4f}: epochs are counted from 1, and epoch 1 runs at strength 1")
+        _fail(name, f"on {case} you got {got:.4f}, expected {want:.4f}: 1 - (e0 - 1) / epochs, e0 the first epoch "
+                    f"of the period that holds this epoch")
     return _ok(name, len(cases))

@@ -147,11 +147,16 @@ def dynacl_period(epochs: int, stages: int) -> int:
     return max(1, math.ceil(epochs / stages))
 
 
+def strength_at(epoch: int, epochs: int, period: int) -> float:
+    """``1 - (e0 - 1) / epochs`` where e0 is the first epoch of the ``period``-epoch stage that holds ``epoch``
+    (1-based): the strength ``train_DynACL.py`` sets when it reloads the data, every ``period`` epochs."""
+    return 1.0 - ((epoch - 1) // period) * period / epochs
+
+
 def dynacl_strength(epoch: int, epochs: int, stages: int = 20) -> float:
-    """DynACL's augmentation strength in epoch ``epoch`` (1-based): ``1 - (epoch - 1) / epochs`` rounded down to
-    the start of its stage, as ``train_DynACL.py`` sets it when it reloads the data (1.0, 0.95, ... at paper scale)."""
-    k = dynacl_period(epochs, stages)
-    return 1.0 - ((epoch - 1) // k) * k / epochs
+    """DynACL's augmentation strength in epoch ``epoch`` (1-based) of a run of ``epochs`` in ``stages`` stages
+    (1.0, 0.95, ... at paper scale: 1,000 epochs, re-set every 50)."""
+    return strength_at(epoch, epochs, dynacl_period(epochs, stages))
 
 
 def dynacl_weight(epoch: int, epochs: int, stages: int = 20, swap: float = 2 / 3, air: bool = False) -> float:

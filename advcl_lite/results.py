@@ -160,9 +160,10 @@ def records_table(records: Sequence[dict[str, Any]], metrics: Sequence[str] = ("
 PAPER_SCALE = "ResNet-18 (width 64), 1000 pretraining epochs on all 50,000 CIFAR-10 images, full 10,000-image test set"
 PAPER_SCALE_SHORT = "full: width 64, 1000 ep., 50k images"
 _LEADERBOARD = "RobustSSL leaderboard (independent re-evaluation)"
-_LB = {  # method: (SLF AA, SLF SA, ALF AA, ALF SA, AFF AA, AFF SA), RobustSSL leaderboard, percent
+_LB = {  # method: (SLF AA, SLF SA, ALF AA, ALF SA, AFF AA, AFF SA), RobustSSL leaderboard, percent (None: not taken)
     "DynACL-AIR++": (46.99, 81.80, 48.23, 79.56, 50.79, 82.36),
     "DynACL++": (46.54, 79.82, 47.98, 78.81, 50.34, 81.93),
+    "DynACL": (45.09, None, 45.67, None, 50.52, None),
     "AdvCL": (43.18, 82.36, 44.05, 80.04, 49.61, 83.00),
     "A-InfoNCE": (42.72, 83.70, 43.28, 80.30, 49.73, 82.99),
     "ACL": (39.17, 78.22, 40.60, 75.53, 49.60, 81.25),
@@ -172,7 +173,7 @@ _LB = {  # method: (SLF AA, SLF SA, ALF AA, ALF SA, AFF AA, AFF SA), RobustSSL l
 
 def _ref(source, method, scheme, sa, ra=None, aa=None, finetune_data="cifar10"):
     return {"source": source, "method": method, "scheme": scheme, "pretrain_data": "cifar10",
-            "finetune_data": finetune_data, "sa": sa / 100, "ra": None if ra is None else ra / 100,
+            "finetune_data": finetune_data, "sa": None if sa is None else sa / 100, "ra": None if ra is None else ra / 100,
             "aa": None if aa is None else aa / 100, "scale": PAPER_SCALE}
 
 
@@ -190,6 +191,17 @@ For CIFAR-100 the pretraining data is CIFAR-100 itself; for STL-10 it is CIFAR-1
 for _r in REFERENCE_RESULTS:
     if _r["finetune_data"] == "cifar100":
         _r["pretrain_data"] = "cifar100"
+
+
+def shipped_records(name: str) -> list[dict[str, Any]]:
+    """The records of a study shipped with the package (``advcl_lite/_data/records/<name>.json``, written by
+    ``benchmarks/studies.py``; BENCHMARKS.md gives each one's command and commit): ``"methods"`` (issue 32's
+    DynACL and DynACL-AIR beside ACL and AdvCL at the ``benchmark`` preset)."""
+    path = Path(__file__).parent / "_data" / "records" / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.json"))
+        raise FileNotFoundError(f"no shipped records named {name!r}; the package ships {known}")
+    return load_records(path)
 
 
 def reference_table(records: Sequence[dict[str, Any]] = (), methods: Sequence[str] | None = ("AdvCL", "ACL"),

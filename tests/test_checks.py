@@ -29,7 +29,7 @@ def solutions() -> list[tuple[str, str, str]]:
 
 
 def test_every_notebook_has_an_exercise():
-    assert sorted({n[:2] for n, _, _ in solutions()}) == ["01", "02", "03", "04", "05"]
+    assert sorted({n[:2] for n, _, _ in solutions()}) == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("notebook,solution,check", solutions(), ids=[s[0][:2] for s in solutions()])

@@ -131,3 +131,13 @@ def test_a_dynacl_run_resumes_to_the_same_weights_and_exports_the_momentum_copy(
     air = pt.pretrain("dynacl", "smoke", out_dir=tmp_path / "air", air=True, dynacl_momentum=0.0, max_epochs=1, **kw)
     assert pt.run_name("dynacl", air=True) == "dynacl-air" and air.meta["config"]["training"]["air"] is True
     assert "loss_sir" in air.history[0] and not hasattr(air.net, "key")
+
+
+def test_notebook_06_smoke_trains_both_methods_and_reads_the_shipped_records(run_nb):
+    from advcl_lite.results import shipped_records
+    rec = run_nb("06")
+    assert set(rec["trained_here"]) == {"DynACL", "DynACL-AIR"}
+    assert all(0 <= r["ra"] <= r["sa"] <= 1 and r["n"] == 64 for r in rec["trained_here"].values())
+    assert rec["shipped_methods_records"] == len(shipped_records("methods"))
+    spread = rec["leaderboard_spread_points"]        # the published AFF column is the narrowest
+    assert spread["AFF"] < spread["ALF"] < spread["SLF"]

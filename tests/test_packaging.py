@@ -16,7 +16,8 @@ from advcl_lite.tour import list_notebooks
 ROOT = Path(__file__).resolve().parents[1]
 PARAMETERS = {"preset": "quick", "data": "sample", "work_dir": "advcl-runs", "device": "auto"}
 # notebooks that finetune or analyse encoders also take the encoders switch (shipped set or trained)
-EXTRA_PARAMETERS = {"03": {"encoders": "auto"}, "04": {"encoders": "auto"}, "05": {"encoders": "auto"}}
+EXTRA_PARAMETERS = {"03": {"encoders": "auto"}, "04": {"encoders": "auto"}, "05": {"encoders": "auto"},
+                    "06": {"train_here": "auto"}}   # 06 trains DynACL only where asked (not at quick)
 INSTALL = 'python -m pip install -e ".[test]" -c constraints.txt && advcl-lite tour --preset smoke --out tour-out'
 TEST = "python -m pytest -q -n auto"
 

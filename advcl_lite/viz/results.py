@@ -93,3 +93,54 @@ def plot_accuracy_vs_eps(curves: dict[str, dict[str, Any]] | Sequence[dict[str, 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_leaderboard(records: Sequence[dict[str, Any]], metric: str = "aa", title: str | None = None):
+    """One line per method across the schemes SLF -> ALF -> AFF (``metric`` in percent): published numbers
+    (:data:`advcl_lite.results.REFERENCE_RESULTS`) have no intervals, so none are drawn. Lines that converge at
+    AFF show full finetuning washing out what pretraining added."""
+    plt = _plt()
+    order = ["SLF", "ALF", "AFF"]
+    by: dict[str, dict[str, float]] = {}
+    for r in records:
+        if r.get(metric) is not None and str(r["scheme"]).upper() in order:
+            by.setdefault(r["method"], {})[str(r["scheme"]).upper()] = 100 * r[metric]
+    if not by:
+        raise ValueError(f"no records with {metric!r} to plot")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, acc in by.items():
+        xs = [i for i, s in enumerate(order) if s in acc]
+        ax.plot(xs, [acc[order[i]] for i in xs], marker="o", label=method)
+    ax.set_xticks(range(len(order)), order)
+    ax.set_ylabel({"aa": "AA (AutoAttack) %", "ra": "RA (PGD) %", "sa": "SA %"}.get(metric, metric))
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dynacl_schedule(runs: Sequence[int] = (1000, 5), stages: int = 20, swap: float = 2 / 3):
+    """DynACL's augmentation strength and loss weight w over a run, for runs of each length in ``runs`` (x: the
+    fraction of the run), as :func:`advcl_lite.methods.dynacl_strength` / :func:`~advcl_lite.methods.dynacl_weight`
+    compute them."""
+    from ..methods import dynacl_strength, dynacl_weight
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.2), sharex=True)
+    for epochs in runs:
+        e = list(range(1, epochs + 1))
+        x = [(i - 1) / epochs for i in e] + [1.0]
+        s = [dynacl_strength(i, epochs, stages) for i in e]
+        w = [dynacl_weight(i, epochs, stages, swap) for i in e]
+        axes[0].step(x, s + s[-1:], where="post", label=f"{epochs} epochs")
+        axes[1].step(x, w + w[-1:], where="post", label=f"{epochs} epochs")
+    axes[0].set_title("augmentation strength s", fontsize=10)
+    axes[1].set_title("loss weight w: ((1 - w) L_clean + (1 + w) L_adv) / 2", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("fraction of the run")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
