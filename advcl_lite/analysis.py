@@ -29,6 +29,7 @@ import csv
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -222,63 +223,98 @@ def run_spectra(spec: str, data: str = "sample", out: str | Path = "spectra-out"
         except ValueError:
             pass
     write_json(out / "settings.json", settings)
-    per_img = _estimate(model, x, dev)
-    cls = sorted(set(y.tolist()))
+    job = _Job(model, x, y, dev, list(eps), steps, seed, out, _estimate(model, x, dev), sorted(set(y.tolist())),
+               size, stride, heat_norm, heat_max_freq, progress, settings)
     for a in analyses:
         if (out / f"{a}.npz").exists():
             print(f"{a}: done ({out / (a + '.npz')}), not recomputed", flush=True)
             continue
         t0 = time.perf_counter()
-        if a == "spectrum":
-            print(f"spectrum: PGD-{steps} on {len(x)} images at {len(eps)} eps, about "
-                  f"{per_img * 3 * steps * len(x) * len(eps):.0f} s", flush=True)
-            rows, arrays = [], {}
-            for e in eps:
-                delta = pgd_perturbations(model, x, y, e, e / 4, steps, seed=seed)
-                groups = [("all", torch.ones(len(y), dtype=torch.bool))] + [(str(c), y == c) for c in cls]
-                for g, m in groups:
-                    radii, power = radial_power_spectrum(delta[m])
-                    arrays[f"eps{e * 255:g}_class_{g}"] = power.numpy()
-                    rows += [{"eps_255": e * 255, "class": g, "radius": float(r), "power": float(p)}
-                             for r, p in zip(radii, power)]
-                arrays["radii"] = radii.numpy()
-            _write_csv(out / "spectrum.csv", rows)
-            np.savez(out / "spectrum.npz", **arrays)
-        elif a == "heatmap":
-            freqs = heat_map_frequencies(size, heat_max_freq, stride)
-            print(f"heatmap: {len(freqs)} frequencies x {len(x)} images (every {stride}th frequency up to "
-                  f"{heat_max_freq or 'the highest'}), about {per_img * len(freqs) * len(x):.0f} s", flush=True)
-            clean_err = float((_predict(model, x, dev) != y).float().mean())
-            per = fourier_heat_map(model, x, y, heat_norm, max_freq=heat_max_freq, stride=stride, seed=seed,
-                                   progress=progress, per_image=True)            # (N, H, W): one pass for all maps
-            heat = per.mean(0)
-            arrays = {"error": heat.numpy(), "increase": (heat - clean_err).numpy(), "clean_error": np.array(clean_err)}
-            for c in cls:
-                arrays[f"error_class_{c}"] = per[y == c].mean(0).numpy()
-            h = heat.shape[0]
-            rows = [{"i": int(i), "j": int(j), "error": float(heat[h // 2 + i, h // 2 + j]),
-                     "increase": float(heat[h // 2 + i, h // 2 + j] - clean_err)} for i, j in freqs.tolist()]
-            _write_csv(out / "heatmap.csv", rows)
-            np.savez(out / "heatmap.npz", **arrays)
-            settings["heatmap_summary"] = heat_map_summary(heat, radius=size / 4)
-        elif a == "bands":
-            print(f"bands: PGD-{steps} restricted to 3 bands at {len(eps)} eps on {len(x)} images, about "
-                  f"{per_img * 3 * steps * len(x) * len(eps) * 3:.0f} s", flush=True)
-            recs = accuracy_under_band_attacks(model, x, y, eps, radius=size / 4, steps=steps, seed=seed,
-                                               progress=progress)
-            _write_csv(out / "bands.csv", recs)
-            np.savez(out / "bands.npz", accuracy=np.array([r["accuracy"] for r in recs]),
-                     eps=np.array([r["eps"] for r in recs]), band=np.array([r["band"] for r in recs]))
-        else:
-            print(f"margins: DeepFool inside 3 DCT subspaces on {len(x)} images, at most "
-                  f"{per_img * 3 * 10 * 50 * len(x):.0f} s (usually far less)", flush=True)
-            m = subspace_margins(model, x, y, progress=progress)
-            rows = [{"image": i, "label": int(y[i]), **{b: float(v[i]) for b, v in m.items()}} for i in range(len(x))]
-            _write_csv(out / "margins.csv", rows)
-            np.savez(out / "margins.npz", **{b: v.numpy() for b, v in m.items()})
-            settings["margins_median"] = {b: float(v.median()) for b, v in m.items()}
+        _ANALYSIS_RUNS[a](job)
         settings.setdefault("seconds", {})[a] = time.perf_counter() - t0
         write_json(out / "settings.json", settings)
         _figure(a, out, settings)
         print(f"{a}: {settings['seconds'][a]:.1f} s -> {out / (a + '.npz')}", flush=True)
     return settings
+
+
+@dataclass
+class _Job:
+    """What every analysis of :func:`run_spectra` works on; each writes its files into ``out`` and its summary
+    into ``settings``."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    dev: torch.device
+    eps: list
+    steps: int
+    seed: int
+    out: Path
+    per_img: float          # seconds per image per forward+backward, for the time estimates
+    cls: list
+    size: int
+    stride: int
+    heat_norm: float
+    heat_max_freq: int | None
+    progress: bool | None
+    settings: dict
+
+
+def _spectrum(j: _Job) -> None:
+    print(f"spectrum: PGD-{j.steps} on {len(j.x)} images at {len(j.eps)} eps, about "
+          f"{j.per_img * 3 * j.steps * len(j.x) * len(j.eps):.0f} s", flush=True)
+    rows, arrays = [], {}
+    for e in j.eps:
+        delta = pgd_perturbations(j.model, j.x, j.y, e, e / 4, j.steps, seed=j.seed)
+        groups = [("all", torch.ones(len(j.y), dtype=torch.bool))] + [(str(c), j.y == c) for c in j.cls]
+        for g, m in groups:
+            radii, power = radial_power_spectrum(delta[m])
+            arrays[f"eps{e * 255:g}_class_{g}"] = power.numpy()
+            rows += [{"eps_255": e * 255, "class": g, "radius": float(r), "power": float(p)}
+                     for r, p in zip(radii, power)]
+        arrays["radii"] = radii.numpy()
+    _write_csv(j.out / "spectrum.csv", rows)
+    np.savez(j.out / "spectrum.npz", **arrays)
+
+
+def _heatmap(j: _Job) -> None:
+    freqs = heat_map_frequencies(j.size, j.heat_max_freq, j.stride)
+    print(f"heatmap: {len(freqs)} frequencies x {len(j.x)} images (every {j.stride}th frequency up to "
+          f"{j.heat_max_freq or 'the highest'}), about {j.per_img * len(freqs) * len(j.x):.0f} s", flush=True)
+    clean_err = float((_predict(j.model, j.x, j.dev) != j.y).float().mean())
+    per = fourier_heat_map(j.model, j.x, j.y, j.heat_norm, max_freq=j.heat_max_freq, stride=j.stride, seed=j.seed,
+                           progress=j.progress, per_image=True)            # (N, H, W): one pass for all maps
+    heat = per.mean(0)
+    arrays = {"error": heat.numpy(), "increase": (heat - clean_err).numpy(), "clean_error": np.array(clean_err)}
+    for c in j.cls:
+        arrays[f"error_class_{c}"] = per[j.y == c].mean(0).numpy()
+    h = heat.shape[0]
+    rows = [{"i": int(i), "j": int(k), "error": float(heat[h // 2 + i, h // 2 + k]),
+             "increase": float(heat[h // 2 + i, h // 2 + k] - clean_err)} for i, k in freqs.tolist()]
+    _write_csv(j.out / "heatmap.csv", rows)
+    np.savez(j.out / "heatmap.npz", **arrays)
+    j.settings["heatmap_summary"] = heat_map_summary(heat, radius=j.size / 4)
+
+
+def _bands(j: _Job) -> None:
+    print(f"bands: PGD-{j.steps} restricted to 3 bands at {len(j.eps)} eps on {len(j.x)} images, about "
+          f"{j.per_img * 3 * j.steps * len(j.x) * len(j.eps) * 3:.0f} s", flush=True)
+    recs = accuracy_under_band_attacks(j.model, j.x, j.y, j.eps, radius=j.size / 4, steps=j.steps, seed=j.seed,
+                                       progress=j.progress)
+    _write_csv(j.out / "bands.csv", recs)
+    np.savez(j.out / "bands.npz", accuracy=np.array([r["accuracy"] for r in recs]),
+             eps=np.array([r["eps"] for r in recs]), band=np.array([r["band"] for r in recs]))
+
+
+def _margins(j: _Job) -> None:
+    print(f"margins: DeepFool inside 3 DCT subspaces on {len(j.x)} images, at most "
+          f"{j.per_img * 3 * 10 * 50 * len(j.x):.0f} s (usually far less)", flush=True)
+    m = subspace_margins(j.model, j.x, j.y, progress=j.progress)
+    rows = [{"image": i, "label": int(j.y[i]), **{b: float(v[i]) for b, v in m.items()}} for i in range(len(j.x))]
+    _write_csv(j.out / "margins.csv", rows)
+    np.savez(j.out / "margins.npz", **{b: v.numpy() for b, v in m.items()})
+    j.settings["margins_median"] = {b: float(v.median()) for b, v in m.items()}
+
+
+_ANALYSIS_RUNS = {"spectrum": _spectrum, "heatmap": _heatmap, "bands": _bands, "margins": _margins}

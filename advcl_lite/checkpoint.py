@@ -336,7 +336,7 @@ class run_lock:
 
 
 # the files that make a folder a run of one kind (a pretraining run's checkpoints, a finetuned model)
-RUN_FILES = {"pretrain": ("last.pt", "final.pt"), "finetune": ("model.pt",)}
+RUN_FILES = {"pretrain": ("last.pt", "final.pt"), "finetune": ("model.pt", "resume.pt")}
 
 
 def check_run_kind(folder: str | os.PathLike, kind: str) -> None:

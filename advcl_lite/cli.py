@@ -21,7 +21,7 @@ from . import distributed
 from .checkpoint import CheckpointError, check_writable, load_checkpoint, write_json
 from .data import DataError, load_dataset
 from .evaluate import evaluate
-from .models import METHODS
+from .methods import METHODS
 from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_classes, check_image_size, finetune, load_finetuned, load_split
 from .presets import PRESETS, check_count, get_preset
 from .pretrain import pretrain, pretrain_dataset, run_name
@@ -69,6 +69,13 @@ def preset_from_args(args: argparse.Namespace):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="advcl-lite", description="Understand and reproduce AdvCL (NeurIPS 2021).")
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_run_commands, _encoder_commands, _publishing_commands):
+        add(sub)
+    return ap
+
+
+def _run_commands(sub) -> None:
+    """The subcommands of the stages: tour, pretrain, pseudo-labels, finetune, evaluate."""
 
     p = sub.add_parser("tour", help="execute the notebooks in order with papermill and write a summary")
     p.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} (default smoke)")
@@ -123,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=8 / 255, help="L-inf radius in [0, 1] (default 8/255)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+
+def _encoder_commands(sub) -> None:
+    """The subcommands on encoders and models: pretrained, import-encoder, spectra."""
     p = sub.add_parser("pretrained", help="the encoders shipped with the package: list them, or verify their files")
     p.add_argument("action", choices=["list", "verify"])
 
@@ -157,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="folder for the arrays, tables, figures and settings.json")
 
+
+def _publishing_commands(sub) -> None:
+    """The subcommands for teaching and publishing: site, presets, student."""
     p = sub.add_parser("site", help="render an executed tour as a static site (Sphinx, myst-nb; the docs extra)")
     p.add_argument("--tour", default="tour-out", help="a folder of advcl-lite tour (default tour-out)")
     p.add_argument("--out", default="site", help="folder of the site (open its index.html, or publish it as is)")
@@ -167,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("student", help="write the student copies of the notebooks (exercises stubbed, outputs cleared)")
     p.add_argument("--out", default=None, help="folder for the copies (default: notebooks/student of the checkout)")
     p.add_argument("--overwrite", action="store_true", help="replace copies that differ (e.g. edited by hand)")
-    return ap
 
 
 # --------------------------------------------------------------------------- one handler per subcommand

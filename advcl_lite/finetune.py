@@ -68,10 +68,11 @@ from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_ch
                      to_channels_last)
 from .presets import Preset, get_preset
 from .pretrained import KIND as ENCODER_KIND, load_encoder_file
-from .runtime import autocast, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
+from .runtime import progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
+from .training import TrainState, augmentation_stream, run_epoch
 from .views import crop_flip
 
-SCHEMES = ("slf", "alf", "aff")
+SCHEMES = ("slf", "alf", "aff")     # the classes are below (SCHEME_CLASSES)
 FT_WEIGHT_DECAY = 2e-4
 CHECKPOINT_NAME = "model.pt"
 SELECTION_RULE = ("best epoch on a validation split held out from the finetuning training images "
@@ -260,7 +261,7 @@ def _config(scheme: str, p: Preset, info: dict[str, Any], ds: ImageDataset, imag
 
 def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None, out_dir=None, device=None,
              progress: bool | None = None, image_size: int | None = None, route: str | None = None,
-             **overrides) -> FinetuneResult:
+             resume: bool = True, **overrides) -> FinetuneResult:
     """Finetune ``encoder`` with ``scheme`` ("slf", "alf", "aff") on the training split of ``data``.
 
     ``data``: a dataset name or path (its ``train`` split is used) or an ImageDataset (used as the
@@ -294,132 +295,205 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
         return _finetune(enc, info, scheme, p, ds, train, val, data, None, dev, progress, image_size)
     check_run_kind(out_dir, "finetune")
     with run_lock(out_dir) if distributed.is_main() else contextlib.nullcontext():   # one writer, before the work
-        return _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size)
+        return _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size, resume)
 
 
-def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size) -> FinetuneResult:
+class Scheme:
+    """One finetuning scheme's step, ``scheme(batch) -> losses`` (``"loss"`` minimised, ``"train_acc"`` on the
+    inputs trained on), on crop+flip views of the batch drawn from ``aug_gen``. ``linear``: only the head trains
+    and the classifier stays in eval mode (frozen BN statistics); otherwise everything trains. ``model`` is the
+    module the attacks run on, ``net`` what the update runs through (a DDP wrapper under torchrun)."""
+
+    name, linear, lr_key, batch_key = "", True, "ft_lr", "ft_batch_size"
+
+    def __init__(self, model: nn.Module, net: nn.Module, p: Preset, aug_gen: torch.Generator):
+        self.model, self.net, self.p, self.aug_gen = model, net, p, aug_gen
+        self.nhwc = is_channels_last(model)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = crop_flip(x, self.aug_gen)
+        return x.contiguous(memory_format=torch.channels_last) if self.nhwc else x
+
+    def __call__(self, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (logits.detach().argmax(1) == y).float().mean()
+
+
+class SLF(Scheme):
+    """Standard linear finetuning: the head on clean images, cross-entropy."""
+
+    name = "slf"
+
+    def __call__(self, batch):
+        x, y = self.inputs(batch[0]), batch[1]
+        logits = self.net(x)
+        return {"loss": F.cross_entropy(logits.float(), y), "train_acc": self._accuracy(logits, y)}
+
+
+class ALF(Scheme):
+    """Adversarial linear finetuning: the head on PGD examples of the whole classifier (eval mode)."""
+
+    name = "alf"
+
+    def __init__(self, model, net, p, aug_gen):
+        super().__init__(model, net, p, aug_gen)
+        self.attack = PGD(model, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
+
+    def __call__(self, batch):
+        x, y = self.inputs(batch[0]), batch[1]
+        logits = self.net(self.attack(x, y))
+        return {"loss": F.cross_entropy(logits.float(), y), "train_acc": self._accuracy(logits, y)}
+
+
+class AFF(Scheme):
+    """Adversarial full finetuning with TRADES: ``CE(f(x), y) + beta * KL(p(x) || p(x_adv))``, everything trains."""
+
+    name, linear, lr_key, batch_key = "aff", False, "aff_lr", "aff_batch_size"
+
+    def __init__(self, model, net, p, aug_gen):
+        super().__init__(model, net, p, aug_gen)
+        self.attack = TradesPGD(model, p.eps, p.alpha, p.ft_pgd_steps, mode="eval")
+
+    def __call__(self, batch):
+        x, y = self.inputs(batch[0]), batch[1]
+        x_adv = self.attack(x, y)
+        self.net.train()
+        logits = self.net(x)
+        ce = F.cross_entropy(logits.float(), y)
+        kl = trades_kl(self.net(x_adv), logits)
+        return {"loss": ce + self.p.trades_beta * kl, "loss_ce": ce, "loss_kl": kl,
+                "train_acc": self._accuracy(logits, y)}
+
+
+SCHEME_CLASSES = {c.name: c for c in (SLF, ALF, AFF)}
+RESUME_NAME = "resume.pt"      # an interrupted finetuning run's state, removed once model.pt is written
+
+
+def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size, resume=True):
     """The training loop of :func:`finetune`, its arguments already checked."""
+    state, step, batches = _finetune_state(enc, scheme, p, ds, train, dev)
+    config = _config(scheme, p, info, ds, image_size)
+    best = {"key": None, "epoch": 0, "val": None, "state": None}
+    resume_path = Path(out_dir) / RESUME_NAME if out_dir is not None else None
+    if resume and resume_path is not None and resume_path.exists():
+        best = _resume_finetune(state, best, resume_path, config)
+    show = progress_enabled(progress) and distributed.is_main()
+    t_run = time.perf_counter()
+    if p.ft_epochs == 0:
+        best["val"] = _val_metrics(state.net, val, scheme, p, dev, 0)
+    for epoch in range(state.epoch + 1, p.ft_epochs + 1):
+        step.net.train(not step.linear)     # SLF/ALF: the whole classifier stays in eval mode
+        bar = progress_bar(batches(), total=batches.steps, desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}",
+                           progress=show)
+        r = run_epoch(state, step, bar, amp=p.amp, per_step_schedule=False,
+                      nonfinite=lambda losses: _nonfinite(scheme, p, losses["loss"], epoch))
+        state.sched.step()
+        metrics = _val_metrics(state.net, val, scheme, p, dev, epoch)
+        state.history.append({"epoch": epoch, **r, **metrics})
+        key = _score(scheme, metrics)
+        if best["key"] is None or key > best["key"]:
+            best = {"key": key, "epoch": epoch, "val": metrics,
+                    "state": {k: v.detach().clone() for k, v in state.net.state_dict().items()}}
+        if show:
+            ra = f", val RA {metrics['val_ra']:.1%}" if "val_ra" in metrics else ""
+            print(f"[{scheme.upper()}] epoch {epoch}/{p.ft_epochs} loss {r['loss']:.4f}, val SA "
+                  f"{metrics['val_sa']:.1%}{ra} (n={metrics['val_n']}, {r['seconds']:.1f}s)", flush=True)
+        if resume_path is not None and epoch < p.ft_epochs:
+            _save_progress(state, best, resume_path, config)
+    model = state.net
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    meta = _finetune_meta(scheme, p, info, ds, train, val, data, image_size, enc, best, time.perf_counter() - t_run)
+    ckpt = None
+    if out_dir is not None and distributed.is_main():
+        out = Path(out_dir)
+        ckpt = save_checkpoint(out / CHECKPOINT_NAME, kind="finetune", state_dict=unwrap(model).state_dict(),
+                               meta=meta, history=json.dumps(state.history))
+        write_json(out / "history.json", state.history)
+        resume_path.unlink(missing_ok=True)      # this run's own intermediate state: model.pt now holds the result
+    if out_dir is not None:
+        ckpt = Path(out_dir) / CHECKPOINT_NAME
+    distributed.barrier()                 # the other ranks return once rank 0's files are there
+    return FinetuneResult(model, ckpt, state.history, best["epoch"], best["val"], meta["seconds"], meta)
+
+
+class _Batches:
+    def __init__(self, train: ImageDataset, bs: int, gen: torch.Generator, device, part):
+        self.train, self.bs, self.gen, self.device, self.part = train, bs, gen, device, part
+        self.steps = train.num_batches(bs, drop_last=True)
+
+    def __call__(self):
+        return self.train.batches(self.bs, shuffle=True, generator=self.gen, device=self.device, drop_last=True,
+                                  part=self.part)
+
+
+def _finetune_state(enc, scheme: str, p: Preset, ds: ImageDataset, train: ImageDataset, dev):
+    """The classifier, optimiser (SGD), lr milestones and random streams of a fresh finetuning run, its
+    scheme's step and its batches."""
     gen = seed_everything(p.seed)       # the batches' order (the same on every rank) and, alone, the crops
+    aug_gen = augmentation_stream(p.seed, gen)    # under torchrun each rank its own crops and attack starts
     world = distributed.world_size()
-    aug_gen = gen
-    if world > 1:                       # under torchrun each rank its own crops and attack starts
-        aug_gen = torch.Generator().manual_seed(p.seed + 1_000_003 * distributed.rank())
-        torch.manual_seed(p.seed + 1_000_003 * distributed.rank())
     model = Classifier(enc, ds.num_classes).to(dev)
     model = to_channels_last(model, p.channels_last)
     if world > 1:
         model = distributed.convert_sync_batchnorm(model)   # AFF trains BN: the global batch's statistics
-    nhwc = is_channels_last(model)
-    linear = scheme in ("slf", "alf")
-    if linear:
+    cls = SCHEME_CLASSES[scheme]
+    if cls.linear:
         for q in model.encoder.parameters():
             q.requires_grad_(False)
     params = [q for q in model.parameters() if q.requires_grad]
-    lr, bs = (p.ft_lr, p.ft_batch_size) if linear else (p.aff_lr, p.aff_batch_size)
-    bs = min(bs, len(train))
-    opt = torch.optim.SGD(params, lr=lr, momentum=p.momentum, weight_decay=FT_WEIGHT_DECAY)
+    bs = min(getattr(p, cls.batch_key), len(train))
+    opt = torch.optim.SGD(params, lr=getattr(p, cls.lr_key), momentum=p.momentum, weight_decay=FT_WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(p.ft_epochs), gamma=0.1)
     scaler = torch.amp.GradScaler(dev.type, enabled=(p.amp == "fp16"))
-    net = distributed.wrap(model, dev)
-    part = distributed.shard(bs) if world > 1 else None
-    attack = None                       # attacks run on the module itself, never through the DDP wrapper
-    if scheme == "alf":
-        attack = PGD(model, p.eps, p.alpha, p.ft_pgd_steps, random_start=True, mode="eval")
-    elif scheme == "aff":
-        attack = TradesPGD(model, p.eps, p.alpha, p.ft_pgd_steps, mode="eval")
+    state = TrainState(model, opt, sched, scaler, gen, aug_gen, dev)
+    step = cls(model, distributed.wrap(model, dev), p, aug_gen)   # attacks run on the module, never through DDP
+    return state, step, _Batches(train, bs, gen, dev, distributed.shard(bs) if world > 1 else None)
 
-    show = progress_enabled(progress) and distributed.is_main()
-    history: list[dict[str, Any]] = []
-    best_key, best_epoch, best_val, best_state = None, 0, None, None
-    t_run = time.perf_counter()
-    if p.ft_epochs == 0:
-        best_val = _val_metrics(model, val, scheme, p, dev, 0)
-    steps = train.num_batches(bs, drop_last=True)
-    for epoch in range(1, p.ft_epochs + 1):
-        # SLF/ALF: the whole classifier stays in eval mode (frozen BN statistics); AFF trains everything
-        net.train(not linear)
-        t0, sums, seen, correct = time.perf_counter(), {}, 0, 0
-        bar = progress_bar(train.batches(bs, shuffle=True, generator=gen, device=dev, drop_last=True, part=part),
-                           total=steps, desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}", progress=show)
-        for x, y, _ in bar:
-            x = crop_flip(x, aug_gen)
-            if nhwc:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, p.amp):
-                if scheme == "slf":
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                    parts = {"loss": loss}
-                elif scheme == "alf":
-                    x_adv = attack(x, y)
-                    logits = net(x_adv)
-                    loss = F.cross_entropy(logits.float(), y)
-                    parts = {"loss": loss}
-                else:
-                    x_adv = attack(x, y)
-                    net.train()
-                    logits = net(x)
-                    ce = F.cross_entropy(logits.float(), y)
-                    kl = trades_kl(net(x_adv), logits)
-                    loss = ce + p.trades_beta * kl
-                    parts = {"loss": loss, "loss_ce": ce, "loss_kl": kl}
-            if not torch.isfinite(loss):
-                key = "aff_lr" if scheme == "aff" else "ft_lr"
-                cause = (f"amp={p.amp!r} has too little range here; use amp='none'" if p.amp != "none" else
-                         f"the learning rate {key}={getattr(p, key):g} is too large for this run; lower it")
-                raise NonFiniteLossError(f"non-finite {scheme.upper()} loss ({loss.item()}) at epoch {epoch}; "
-                                         f"likely cause: {cause}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(x)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        lr_used = opt.param_groups[0]["lr"]
-        sched.step()
-        secs = time.perf_counter() - t0
-        metrics = _val_metrics(model, val, scheme, p, dev, epoch)
-        means = distributed.all_reduce_mean({**{k: v / max(seen, 1) for k, v in sums.items()},
-                                             "train_acc": correct / max(seen, 1)})      # over the ranks
-        seen *= world
-        rec = {"epoch": epoch, **means, "lr": lr_used, **metrics,
-               "seconds": secs, "images_per_s": seen / max(secs, 1e-9)}
-        history.append(rec)
-        key = _score(scheme, metrics)
-        if best_key is None or key > best_key:
-            best_key, best_epoch, best_val = key, epoch, metrics
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if show:
-            ra = f", val RA {metrics['val_ra']:.1%}" if "val_ra" in metrics else ""
-            print(f"[{scheme.upper()}] epoch {epoch}/{p.ft_epochs} loss {rec['loss']:.4f}, val SA "
-                  f"{metrics['val_sa']:.1%}{ra} (n={metrics['val_n']}, {secs:.1f}s)", flush=True)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    seconds = time.perf_counter() - t_run
 
-    meta = {"scheme": scheme, "preset": p.to_dict(), "preset_name": p.name, "encoder": info,
+def _nonfinite(scheme: str, p: Preset, loss: torch.Tensor, epoch: int) -> NonFiniteLossError:
+    key = "aff_lr" if scheme == "aff" else "ft_lr"
+    cause = (f"amp={p.amp!r} has too little range here; use amp='none'" if p.amp != "none" else
+             f"the learning rate {key}={getattr(p, key):g} is too large for this run; lower it")
+    return NonFiniteLossError(f"non-finite {scheme.upper()} loss ({loss.item()}) at epoch {epoch}; likely cause: {cause}")
+
+
+def _save_progress(state: TrainState, best: dict, path: Path, config: dict) -> None:
+    """After an epoch: what a resumed run needs (weights, optimiser, random streams, the best epoch so far)."""
+    extra = state.state_dict()
+    if distributed.is_main():
+        save_checkpoint(path, kind="finetune-progress", state_dict=unwrap(state.net).state_dict(),
+                        meta={"config": config, "epoch": state.epoch, "best_key": list(best["key"]),
+                              "best_epoch": best["epoch"], "best_val": best["val"]},
+                        best_state=best["state"], **extra)
+
+
+def _resume_finetune(state: TrainState, best: dict, path: Path, config: dict) -> dict:
+    """Put ``state`` where an interrupted run stopped (``path``, written for this configuration)."""
+    ck = load_checkpoint(path, kind="finetune-progress", map_location=state.device)
+    if ck["meta"].get("config") != config:
+        raise CheckpointError(f"{path} holds an interrupted finetuning run of another configuration (scheme, preset, "
+                              f"encoder or data); use another out_dir, or resume=False to start over")
+    load_weights(state.net, ck["state_dict"], str(path))
+    state.load_state_dict(ck)
+    m = ck["meta"]
+    return {"key": tuple(m["best_key"]), "epoch": int(m["best_epoch"]), "val": m["best_val"], "state": ck["best_state"]}
+
+
+def _finetune_meta(scheme, p, info, ds, train, val, data, image_size, enc, best, seconds) -> dict[str, Any]:
+    return {"scheme": scheme, "preset": p.to_dict(), "preset_name": p.name, "encoder": info,
             "config": _config(scheme, p, info, ds, image_size),
             "data_source": data_source(data if data is not None else p.data),
             "dataset": ds.id, "dataset_name": ds.name, "train": train.id, "val": val.id,
             "num_train": len(train), "num_val": len(val), "classes": list(ds.classes),
             "num_classes": ds.num_classes, "image_size": ds.image_size, "resize": image_size,
             "base_width": info.get("base_width"), "feature_dim": int(enc.feature_dim),
-            "best_epoch": best_epoch, "epochs": p.ft_epochs, "val_metrics": best_val,
+            "best_epoch": best["epoch"], "epochs": p.ft_epochs, "val_metrics": best["val"],
             "selection": SELECTION_RULE, "seconds": seconds, "seed": p.seed}
-    ckpt = None
-    if out_dir is not None and distributed.is_main():
-        out = Path(out_dir)
-        ckpt = save_checkpoint(out / CHECKPOINT_NAME, kind="finetune", state_dict=unwrap(model).state_dict(),
-                               meta=meta, history=json.dumps(history))
-        write_json(out / "history.json", history)
-    if out_dir is not None:
-        ckpt = Path(out_dir) / CHECKPOINT_NAME
-    distributed.barrier()                 # the other ranks return once rank 0's files are there
-    return FinetuneResult(model, ckpt, history, best_epoch, best_val, seconds, meta)
 
 
 def load_finetuned(path: str | os.PathLike, device=None, encoder: nn.Module | None = None) -> tuple[Classifier, dict[str, Any]]:

@@ -43,7 +43,8 @@ from .attacks import ContrastivePGD, JointPGD, PairPGD, PseudoLabelPGD
 from .distributed import gather
 from .frequency import HighPass, LowPass
 from .losses import air_regularizers, multiview_contrastive_loss, pseudo_label_loss
-from .models import METHODS, is_channels_last
+from .models import IMAGENET_NORM, ContrastiveNet, is_channels_last
+from .optim import LARS, lr_factor
 from .presets import Preset
 from .runtime import unwrap
 from .views import DynamicView, MultiView, crop_flip, simclr_view
@@ -55,11 +56,106 @@ ACL_ATTACK_MODE = "eval"   # ACL's original attacks with the running statistics;
 class Method:
     """What the methods share: the network, the preset, and the views in the network's memory format.
 
+    Each method class also owns what is its own, read by the training loop, the CLI and the notebooks
+    (``METHOD_CLASSES``): its network (BN ``routes``, projection :meth:`head`, ``input_norm``, :meth:`build`),
+    its optimiser and schedule (:meth:`make_optimizer`, :meth:`lr_lambda`), the preset fields that determine
+    its weights (:meth:`training_config`), its run folder's name (:meth:`run_name`), the history key of its
+    contrastive loss (``cl_key``) and the views in that loss (:meth:`n_views`).
     ``eval_route``: the BN route whose statistics the finetuned encoder keeps (:func:`models.export_encoder`).
+    Adding a method is one subclass here, registered in ``METHOD_CLASSES`` (DEVELOPING.md).
     """
 
     name = ""
     eval_route = "normal"
+    routes: tuple[str, ...] = ("normal",)   # the backbone's BN routes (AdvCL adds pgd_ce with pseudo-label heads)
+    input_norm = None                        # (mean, std) when the network normalises its own input
+    optimizer = "lars"           # ACL's code: LARS (``preset.acl_optimizer="sgd"`` switches); "sgd": AdvCL's SGD
+    attacks = False              # attacks during pretraining (eps, alpha, pgd_steps determine its weights)
+    takes_air = False            # AIR's regularisers apply (``preset.air``)
+    takes_pseudo_labels = False  # AdvCL's pseudo-label heads
+    takes_view = False           # AdvCL's fourth view (``view``, ``radius``)
+    cl_key = "loss"              # the history key of the (unscaled) contrastive loss
+
+    @classmethod
+    def head(cls, preset: Preset) -> str:
+        """The projection head it trains with: ``preset.acl_head`` (ACL's three layers by default)."""
+        return preset.acl_head
+
+    @classmethod
+    def n_views(cls, view: str = "hfc") -> int:
+        """Views of each image in one contrastive term."""
+        return 2
+
+    @classmethod
+    def momentum_copy(cls, preset: Preset) -> bool:
+        return False
+
+    @classmethod
+    def build(cls, preset: Preset, pseudo_ks=()) -> ContrastiveNet:
+        """The method's network at ``preset`` (``pseudo_ks``: AdvCL's pseudo-label heads)."""
+        return build_net(cls.name, preset.base_width, pseudo_ks, cls.head(preset), cls.momentum_copy(preset))
+
+    @classmethod
+    def uses_lars(cls, preset: Preset) -> bool:
+        return cls.optimizer == "lars" and preset.acl_optimizer == "lars"
+
+    @classmethod
+    def make_optimizer(cls, net: nn.Module, preset: Preset) -> torch.optim.Optimizer:
+        """LARS (lr ``acl_lr``, weight decay ``acl_weight_decay``, trust ``lars_eta``) or SGD (lr ``lr``, weight
+        decay ``weight_decay``), momentum ``momentum``."""
+        if cls.uses_lars(preset):
+            return LARS(net.parameters(), lr=preset.acl_lr, momentum=preset.momentum,
+                        weight_decay=preset.acl_weight_decay, eta=preset.lars_eta)
+        return torch.optim.SGD(net.parameters(), lr=preset.lr, momentum=preset.momentum,
+                               weight_decay=preset.weight_decay)
+
+    @classmethod
+    def lr_lambda(cls, preset: Preset, steps_per_epoch: int):
+        """The learning-rate factor at each optimisation step. LARS: ACL's ``cosine_annealing``, warm-up from 0,
+        cosine to an absolute 1e-6, per step; SGD: AdvCL's warm-up from an absolute 0.01 and cosine to lr * 1e-3
+        (per epoch when ``advcl_lr_per_epoch``)."""
+        warm = round(preset.warmup_epochs * steps_per_epoch)
+        total = max(1, preset.epochs * steps_per_epoch)
+        if cls.uses_lars(preset):
+            return lambda step: lr_factor(step, warm, total, start=0.0, end=1e-6 / preset.acl_lr)
+        spe = steps_per_epoch if preset.advcl_lr_per_epoch else None
+        return lambda step: lr_factor(step, warm, total, start=min(1.0, 0.01 / preset.lr), end=1e-3,
+                                      steps_per_epoch=spe)
+
+    @classmethod
+    def attack_mode(cls, preset: Preset) -> str:
+        return ACL_ATTACK_MODE
+
+    @classmethod
+    def training_config(cls, preset: Preset, pseudo: bool = False) -> dict:
+        """The preset fields (and the attack's mode) that determine the method's weights: compared on resume
+        and by ``get_or_train``. Fields that do not change them are left out, so changing them does not retrain."""
+        keys = ["train_subset", "base_width", "batch_size", "epochs", "momentum", "warmup_epochs", "temperature",
+                "amp", "seed"]
+        if cls.uses_lars(preset):
+            keys += ["acl_optimizer", "acl_lr", "acl_weight_decay", "lars_eta"]
+        else:
+            keys += ["lr", "weight_decay", "advcl_lr_per_epoch"] + (["acl_optimizer"] if cls.optimizer == "lars" else [])
+        keys += cls._own_keys(preset)
+        if cls.attacks:
+            keys += ["eps", "alpha", "pgd_steps"]
+        if cls.takes_air and preset.air:      # absent when off, so runs made before AIR existed still resume
+            keys += ["air", "air_lambda1", "air_lambda2"]
+        training = {k: getattr(preset, k) for k in keys}
+        if cls.attacks:
+            training["attack_mode"] = cls.attack_mode(preset)
+        if pseudo:
+            training["pseudo_lambda"] = preset.pseudo_lambda
+        return training
+
+    @classmethod
+    def _own_keys(cls, preset: Preset) -> list[str]:
+        return ["acl_head"]
+
+    @classmethod
+    def run_name(cls, view: str = "hfc", pseudo: bool = True, radius: float | None = None, air: bool = False) -> str:
+        """The run's folder name: the method's name, ``-air`` with AIR's terms."""
+        return cls.name + ("-air" if air and cls.takes_air else "")
 
     def __init__(self, net: nn.Module, preset: Preset):
         self.net, self.p = net, preset
@@ -98,7 +194,7 @@ class SimCLR(Method):
 
 
 class ACL(Method):
-    name, eval_route = "acl", "pgd"
+    name, eval_route, routes, attacks, takes_air = "acl", "pgd", ("normal", "pgd"), True, True
 
     def __init__(self, net: nn.Module, preset: Preset):
         super().__init__(net, preset)
@@ -171,6 +267,15 @@ def dynacl_weight(epoch: int, epochs: int, stages: int = 20, swap: float = 2 / 3
     return min((epoch // k) * (k / epochs) * swap, 1.0)
 
 
+def per_epoch_cosine(epoch: int, epochs: int, warmup: float, end: float) -> float:
+    """ACL's ``cosine_annealing`` evaluated at the epoch (0-based) as DynACL's scheduler steps it: ``(epoch + 1) /
+    warmup`` during the warm-up epochs, then a cosine from 1 to ``end`` over the remaining epochs."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    t = min(1.0, max(0.0, (epoch - warmup) / max(1e-9, epochs - warmup)))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 class _SwapPair(nn.Module):
     """DynACL's ``forward(..., swap=True)``: of a pair ``torch.cat([v1, v2])``, v1 goes through the network and
     v2 through its momentum copy ``net.key`` (which takes no gradient)."""
@@ -200,7 +305,23 @@ class DynACL(ACL):
     * The network normalises its input with ImageNet's mean and std, as DynACL's.
     """
 
-    name, eval_route = "dynacl", "pgd"
+    name, eval_route, input_norm = "dynacl", "pgd", IMAGENET_NORM
+
+    @classmethod
+    def momentum_copy(cls, preset):
+        return preset.dynacl_momentum > 0
+
+    @classmethod
+    def lr_lambda(cls, preset, steps_per_epoch):
+        """``train_DynACL.py`` steps ACL's cosine once per epoch (:func:`per_epoch_cosine`)."""
+        if not cls.uses_lars(preset):
+            return super().lr_lambda(preset, steps_per_epoch)
+        return lambda step: per_epoch_cosine(step // max(1, steps_per_epoch), preset.epochs, preset.warmup_epochs,
+                                             1e-6 / preset.acl_lr)
+
+    @classmethod
+    def _own_keys(cls, preset):
+        return ["acl_head", "dynacl_stages", "dynacl_swap", "dynacl_momentum"]
 
     def __init__(self, net: nn.Module, preset: Preset):
         self.momentum = float(preset.dynacl_momentum)
@@ -242,7 +363,31 @@ class DynACL(ACL):
 
 
 class AdvCL(Method):
-    name, eval_route = "advcl", "pgd"
+    name, eval_route, routes, optimizer, attacks = "advcl", "pgd", ("normal", "pgd"), "sgd", True
+    takes_pseudo_labels, takes_view, cl_key = True, True, "loss_cl"
+
+    @classmethod
+    def head(cls, preset):
+        return "advcl"
+
+    @classmethod
+    def n_views(cls, view="hfc"):
+        return 3 if view == "none" else 4
+
+    @classmethod
+    def attack_mode(cls, preset):
+        return preset.attack_mode        # "train", as the original's net.train()
+
+    @classmethod
+    def _own_keys(cls, preset):
+        return ["base_temperature"]
+
+    @classmethod
+    def run_name(cls, view="hfc", pseudo=True, radius=None, air=False):
+        """``advcl`` (with pseudo-labels, the paper's method), ``advcl-nopl``, ``advcl-lfc``, ``advcl-none-nopl``,
+        ``advcl-r4`` ..."""
+        name = "advcl" + ("" if view == "hfc" else f"-{view}") + ("" if pseudo else "-nopl")
+        return name + (f"-r{radius:g}" if radius is not None else "")
 
     def __init__(self, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
                  use_pseudo: bool = False, recompute_anchors: bool = False, batched: bool = False):
@@ -302,14 +447,29 @@ class AdvCL(Method):
 
 
 METHOD_CLASSES = {c.name: c for c in (SimCLR, ACL, AdvCL, DynACL)}
+METHODS = tuple(METHOD_CLASSES)          # what the CLI offers, the notebooks loop over, build_net builds
 EVAL_ROUTE = {name: c.eval_route for name, c in METHOD_CLASSES.items()}
+
+
+def method_class(method: str) -> type[Method]:
+    if method not in METHOD_CLASSES:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    return METHOD_CLASSES[method]
+
+
+def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl", momentum_copy: bool = False) -> ContrastiveNet:
+    """The ContrastiveNet of ``method``: its BN routes (+ ``pgd_ce`` with pseudo-label heads), projection head
+    ``head`` (:meth:`Method.head`), its input normalisation, and (``momentum_copy``, DynACL) a momentum copy."""
+    cls = method_class(method)
+    routes = cls.routes + (("pgd_ce",) if pseudo_ks else ())
+    net = ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head, input_norm=cls.input_norm)
+    return net.add_momentum_copy() if momentum_copy else net
 
 
 def make_step(method: str, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
               use_pseudo: bool = False, recompute_anchors: bool = False, batched: bool = False) -> Method:
     """The step of ``method`` on ``net`` (the view, radius and pseudo-label settings are AdvCL's only)."""
-    if method not in METHOD_CLASSES:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    method_class(method)
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
     if method == "advcl":

@@ -20,13 +20,9 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .runtime import resolve_device
 
-METHODS = ("simclr", "acl", "advcl", "dynacl")
-# the BN routes each method's backbone trains (AdvCL adds "pgd_ce" when it has pseudo-label heads)
-ROUTES = {"simclr": ("normal",), "acl": ("normal", "pgd"), "advcl": ("normal", "pgd"), "dynacl": ("normal", "pgd")}
-# DynACL's network normalises its input with ImageNet's mean and std (NormalizeByChannelMeanStd in
-# PKU-ML/DYNACL models/resnet_multi_bn.py); the other methods' networks take [0, 1] images as they are
+# ImageNet's mean and std, with which DynACL's network normalises its input (NormalizeByChannelMeanStd in
+# PKU-ML/DYNACL models/resnet_multi_bn.py); advcl_lite's other methods take [0, 1] images as they are
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-INPUT_NORM = {"dynacl": IMAGENET_NORM}
 
 
 class RoutedBatchNorm2d(nn.Module):
@@ -340,18 +336,7 @@ def is_channels_last(model: nn.Module) -> bool:
         and not conv.weight.is_contiguous()
 
 
-# --------------------------------------------------------------------------- a method's network, and reading it back
-
-def build_net(method: str, base_width: int, pseudo_ks=(), head: str = "advcl", momentum_copy: bool = False) -> ContrastiveNet:
-    """The ContrastiveNet of ``method``: BN routes normal (+ pgd) (+ pgd_ce with pseudo-label heads),
-    projection head ``head`` (:func:`head_of`), the method's input normalisation, and (``momentum_copy``,
-    DynACL) a momentum copy of itself."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    routes = ROUTES[method] + (("pgd_ce",) if pseudo_ks else ())
-    net = ContrastiveNet(base_width, routes, pseudo_ks=tuple(pseudo_ks), head=head, input_norm=INPUT_NORM.get(method))
-    return net.add_momentum_copy() if momentum_copy else net
-
+# --------------------------------------------------------------------------- reading a method's network back
 
 def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNet, dict[str, Any]]:
     """Rebuild the ContrastiveNet stored in a pretraining checkpoint (strict keys), in eval mode.
@@ -360,13 +345,18 @@ def load_pretrained(path: str | os.PathLike, device=None) -> tuple[ContrastiveNe
     the BN route to export for finetuning. Any key or shape mismatch raises CheckpointError.
     """
     ck = load_checkpoint(path, kind="pretrain", map_location="cpu")
-    meta = ck["meta"]
-    try:
-        net = build_net(meta["method"], int(meta["base_width"]), tuple(meta.get("pseudo_ks", ())),
-                        meta.get("head", "advcl"), bool(meta.get("momentum_copy", False)))
-    except (KeyError, ValueError) as e:
+    meta, state = ck["meta"], ck["state_dict"]
+    try:        # the architecture from the metadata alone: a method's network is its routes, head and heads
+        norm = None
+        if "backbone.normalize.mean" in state:       # a network that normalises its input carries its statistics
+            norm = tuple([float(f"{v:.7g}") for v in state[f"backbone.normalize.{k}"].tolist()] for k in ("mean", "std"))
+        net = ContrastiveNet(int(meta["base_width"]), tuple(meta["routes"]), pseudo_ks=tuple(meta.get("pseudo_ks", ())),
+                             head=meta.get("head", "advcl"), input_norm=norm)
+        if meta.get("momentum_copy"):
+            net.add_momentum_copy()
+    except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: pretraining checkpoint metadata is incomplete ({e}); re-create it") from None
-    load_weights(net, ck["state_dict"], str(path))
+    load_weights(net, state, str(path))
     meta = dict(meta)
     meta["history"] = json.loads(ck.get("history", "[]"))
     meta["path"] = str(path)

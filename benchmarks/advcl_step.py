@@ -56,8 +56,7 @@ def _setup(width: int, batch: int, threads: int, pgd: int, schedules, pseudo: st
     from advcl_lite.data import load_sample
     from advcl_lite.models import to_channels_last
     from advcl_lite.presets import get_preset
-    from advcl_lite.models import build_net
-    from advcl_lite.methods import AdvCL
+    from advcl_lite.methods import AdvCL, build_net
     from advcl_lite.runtime import autocast
 
     P = get_preset("benchmark", base_width=width, batch_size=batch, pgd_steps=pgd, attack_mode="train",

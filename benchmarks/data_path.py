@@ -44,8 +44,7 @@ def main(argv=None) -> int:
     from advcl_lite.frequency import high_pass, scaled_radius
     from advcl_lite.models import to_channels_last
     from advcl_lite.presets import get_preset
-    from advcl_lite.models import build_net
-    from advcl_lite.methods import AdvCL
+    from advcl_lite.methods import AdvCL, build_net
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -35,8 +35,8 @@ import time
 import torch
 
 from advcl_lite.data import class_balanced_subset, load_dataset
-from advcl_lite.methods import AdvCL
-from advcl_lite.models import build_net, to_channels_last
+from advcl_lite.methods import AdvCL, build_net
+from advcl_lite.models import to_channels_last
 from advcl_lite.presets import get_preset
 from advcl_lite.runtime import autocast, resolve_device
 

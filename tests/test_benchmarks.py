@@ -90,7 +90,7 @@ def test_advcl_step_ab_times_both_variants_and_restores_the_model(what):
 
 def test_in_place_relu_candidate_computes_the_same_features():
     advcl_step = _load("advcl_step")
-    from advcl_lite.models import build_net
+    from advcl_lite.methods import build_net
     torch.manual_seed(0)
     net, x = build_net("advcl", 4).train(), torch.rand(6, 3, 32, 32)
     ref = net.features(x, "pgd")

@@ -28,7 +28,8 @@ from advcl_lite import distributed
 from advcl_lite.checkpoint import load_checkpoint
 from advcl_lite.losses import multiview_contrastive_loss
 from advcl_lite.methods import make_step
-from advcl_lite.models import build_net, load_pretrained
+from advcl_lite.methods import build_net
+from advcl_lite.models import load_pretrained
 from advcl_lite.presets import get_preset
 from advcl_lite.views import crop_flip, simclr_view
 

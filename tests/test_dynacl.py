@@ -9,7 +9,8 @@ from advcl_lite import pretrain as pt
 from advcl_lite.data import load_sample
 from advcl_lite.losses import air_regularizers
 from advcl_lite.methods import DynACL, dynacl_period, dynacl_strength, dynacl_weight, make_step
-from advcl_lite.models import IMAGENET_NORM, build_net, export_encoder, load_pretrained
+from advcl_lite.methods import build_net
+from advcl_lite.models import IMAGENET_NORM, export_encoder, load_pretrained
 from advcl_lite.presets import get_preset
 from advcl_lite.views import dynamic_view, random_flip, random_resized_crop
 

@@ -7,8 +7,8 @@ import torch
 
 from advcl_lite.attacks import ContrastivePGD, PairPGD, PseudoLabelPGD
 from advcl_lite.data import load_sample
-from advcl_lite.methods import ACL_ATTACK_MODE, EVAL_ROUTE, METHOD_CLASSES, AdvCL, make_step
-from advcl_lite.models import METHODS, RoutedBatchNorm2d, build_net
+from advcl_lite.methods import ACL_ATTACK_MODE, EVAL_ROUTE, METHOD_CLASSES, METHODS, AdvCL, build_net, make_step
+from advcl_lite.models import RoutedBatchNorm2d
 from advcl_lite.presets import get_preset
 from advcl_lite.views import crop_flip, simclr_view
 
@@ -165,3 +165,31 @@ def test_views_forward_refuses_a_route_the_network_lacks():
     with pytest.raises(ValueError, match="unknown BN route 'pgd_ce'"):
         net([torch.rand(2, 3, 8, 8)] * 2, ["normal", "pgd_ce"])
     assert all(m.chunks is None for m in net.modules() if isinstance(m, RoutedBatchNorm2d))
+
+
+def test_a_new_method_is_one_class_registered_in_one_place(monkeypatch, tmp_path):
+    """A toy method (SimCLR on two crop+flip views, its own run name) defined here and registered in
+    METHOD_CLASSES trains, checkpoints and loads back through pretrain() with nothing else edited."""
+    from advcl_lite import methods as mm
+    from advcl_lite.models import load_pretrained
+    from advcl_lite.pretrain import pretrain
+    from advcl_lite.views import MultiView
+
+    class CropFlipCL(mm.SimCLR):
+        name = "cropflip"
+
+        def __init__(self, net, preset):
+            super().__init__(net, preset)
+            self.augment = MultiView(crop_flip, crop_flip)
+
+        @classmethod
+        def run_name(cls, view="hfc", pseudo=True, radius=None, air=False):
+            return "crop-flip-cl"
+
+    monkeypatch.setitem(mm.METHOD_CLASSES, "cropflip", CropFlipCL)
+    run = pretrain("cropflip", "smoke", out_dir=tmp_path, data="sample", device="cpu", progress=False,
+                   train_subset=64, batch_size=32, base_width=4, epochs=2)
+    assert run.meta["run_name"] == "crop-flip-cl" and run.meta["config"]["method"] == "cropflip"
+    assert run.history[-1]["loss"] < run.history[0]["loss"] + 1.0 and len(run.history) == 2
+    net, meta = load_pretrained(run.checkpoint)
+    assert net.routes == ("normal",) and meta["eval_route"] == "normal"

@@ -120,7 +120,7 @@ def test_load_pretrained_is_strict(advcl_runs, tmp_path):
     with pytest.raises(CheckpointError, match="shape mismatches"):
         pt.load_pretrained(tmp_path / "width.pt")
     save_checkpoint(tmp_path / "method.pt", kind="pretrain", state_dict=ck["state_dict"],
-                    meta={**ck["meta"], "method": "simclr"})
+                    meta={**ck["meta"], "routes": ["normal"]})         # the architecture is rebuilt from the metadata
     with pytest.raises(CheckpointError, match="unexpected keys"):
         pt.load_pretrained(tmp_path / "method.pt")
     save_checkpoint(tmp_path / "kind.pt", kind="finetune", state_dict=ck["state_dict"], meta=ck["meta"])
@@ -277,7 +277,7 @@ def test_advcl_builds_pseudo_label_heads_by_default_and_the_ablation_is_explicit
     assert without.checkpoint == tmp_path / "pretrain" / "advcl-nopl" / "final.pt"
     assert without.net.pseudo_ks == () and "pgd_ce" not in without.net.routes
     with pytest.raises(ValueError, match="labels_dir=.*pseudo_labels=False"):
-        pt._resolve("advcl", P, sample, "hfc", None, "auto", {})
+        pt.ensure_pseudo_labels(pt.plan_run("advcl", P, sample), None)
 
 
 def test_auto_pseudo_labels_never_replace_a_simclr_run_of_another_configuration(sample, tmp_path):
@@ -287,3 +287,18 @@ def test_auto_pseudo_labels_never_replace_a_simclr_run_of_another_configuration(
     with pytest.raises(ValueError, match=r"was trained with another configuration.*acl_lr.*--pseudo-labels FILE"):
         pt.get_or_train("advcl", P, tmp_path, data=sample, device="cpu", progress=False)
     assert _sha(mine.checkpoint) == digest
+
+
+def test_a_run_is_planned_without_training_and_its_labels_are_a_visible_step(sample, tmp_path, monkeypatch):
+    """plan_run checks and describes a run and trains nothing; only ensure_pseudo_labels makes AdvCL's labels."""
+    monkeypatch.setattr(pt, "_train", lambda *a, **k: pytest.fail("planning trained something"))
+    spec = pt.plan_run("advcl", get_preset("smoke", **TINY), sample)
+    assert spec.needs_labels and spec.name == "advcl" and spec.folder(tmp_path) == tmp_path / "pretrain" / "advcl"
+    with pytest.raises(ValueError, match="ensure_pseudo_labels"):
+        spec.config()
+    nopl = pt.plan_run("advcl", get_preset("smoke", **TINY), sample, pseudo_labels=False)
+    assert nopl.name == "advcl-nopl" and nopl.config()["pseudo"] is False
+    assert pt.ensure_pseudo_labels(nopl, None) is nopl
+    assert not (tmp_path / "pretrain").exists()
+    with pytest.raises(ValueError, match="unknown method"):
+        pt.plan_run("moco", "smoke", sample)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..methods import dynacl_strength, dynacl_weight
 from .core import _plt
 
 
@@ -125,8 +126,6 @@ def plot_dynacl_schedule(runs: Sequence[int] = (1000, 5), stages: int = 20, swap
     """DynACL's augmentation strength and loss weight w over a run, for runs of each length in ``runs`` (x: the
     fraction of the run), as :func:`advcl_lite.methods.dynacl_strength` / :func:`~advcl_lite.methods.dynacl_weight`
     compute them."""
-    from ..methods import dynacl_strength, dynacl_weight
-
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.2), sharex=True)
     for epochs in runs:
