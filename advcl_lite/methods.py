@@ -269,9 +269,10 @@ def dynacl_weight(epoch: int, epochs: int, stages: int = 20, swap: float = 2 / 3
 
 def per_epoch_cosine(epoch: int, epochs: int, warmup: float, end: float) -> float:
     """ACL's ``cosine_annealing`` evaluated at the epoch (0-based) as DynACL's scheduler steps it: ``(epoch + 1) /
-    warmup`` during the warm-up epochs, then a cosine from 1 to ``end`` over the remaining epochs."""
+    warmup`` during the warm-up epochs (10 in the original; at most 1, so that a warm-up shorter than an epoch,
+    as the CPU presets' 1 % of the run, is none), then a cosine from 1 to ``end`` over the remaining epochs."""
     if epoch < warmup:
-        return (epoch + 1) / warmup
+        return min(1.0, (epoch + 1) / warmup)
     t = min(1.0, max(0.0, (epoch - warmup) / max(1e-9, epochs - warmup)))
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
 

@@ -142,3 +142,14 @@ def test_notebook_06_smoke_trains_both_methods_and_reads_the_shipped_records(run
     assert rec["shipped_methods_records"] == len(shipped_records("methods"))
     spread = rec["leaderboard_spread_points"]        # the published AFF column is the narrowest
     assert spread["AFF"] < spread["ALF"] < spread["SLF"]
+
+
+def test_the_per_epoch_cosine_warms_up_as_released_and_never_exceeds_the_base_lr():
+    from advcl_lite.methods import per_epoch_cosine
+    # train_DynACL.py: 10 warm-up epochs of 1000, (e + 1) / 10, then the cosine from 1 to 1e-6 / lr
+    assert [per_epoch_cosine(e, 1000, 10, 1e-6) for e in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert per_epoch_cosine(10, 1000, 10, 1e-6) == pytest.approx(1.0)
+    assert per_epoch_cosine(999, 1000, 10, 1e-6) < 1e-4
+    # the CPU presets' warm-up (1 % of a 5-epoch run) is shorter than an epoch: no factor above 1
+    f = [per_epoch_cosine(e, 5, 0.05, 1e-6) for e in range(5)]
+    assert max(f) <= 1.0 and f == sorted(f, reverse=True)
