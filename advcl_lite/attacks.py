@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .distributed import gather_detached
 from .frequency import apply_mask, band_filter
 from .losses import multiview_contrastive_loss, pseudo_label_loss
-from .runtime import param_device, resolve_device
+from .runtime import model_mode, param_device, resolve_device
 
 EPS = 8 / 255          # the paper's L-inf budget
 PGD_ALPHA = 2 / 255    # its PGD step
@@ -55,25 +55,6 @@ def check_attack_params(eps: float, alpha: float, steps: int) -> None:
         raise ValueError(f"alpha={alpha} is outside [0, 1]: write e.g. 2/255 (= {2/255:.4f})")
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps={steps} must be a whole number >= 0")
-
-
-@contextmanager
-def model_mode(model: nn.Module, mode: str | None):
-    """Temporarily set ``model`` to train (``"train"``) or eval (``"eval"``); ``None`` keeps it.
-
-    On exit every submodule gets back its own flag, so a model whose parts were in
-    different modes (e.g. a frozen encoder in eval under a head in train) is restored exactly.
-    """
-    if mode not in ("train", "eval", None):
-        raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
-    flags = [(m, m.training) for m in model.modules()]
-    if mode is not None:
-        model.train(mode == "train")
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def check_inputs(x: torch.Tensor, name: str = "images") -> None:

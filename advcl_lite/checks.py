@@ -13,7 +13,7 @@ check                          notebook   the library's own
 =============================  =========  ===========================================================
 :func:`check_high_pass`        01         :func:`advcl_lite.frequency.high_pass`
 :func:`check_contrastive_loss` 02         :func:`advcl_lite.losses.multiview_contrastive_loss`
-:func:`check_assign`           03         :func:`advcl_lite.pseudo_labels.assign_to_centres`
+:func:`check_assign`           03         :func:`advcl_lite.clustering.assign_to_centres`
 :func:`check_robust_accuracy`  04         :func:`advcl_lite.evaluate.robust_accuracy`
 :func:`check_radial_spectrum`  05         :func:`advcl_lite.frequency.radial_power_spectrum`
 :func:`check_dynacl_strength`  06         :func:`advcl_lite.methods.strength_at`
@@ -30,7 +30,7 @@ from .evaluate import robust_accuracy
 from .frequency import frequency_radius, high_pass, low_pass, radial_power_spectrum
 from .losses import multiview_contrastive_loss
 from .methods import strength_at
-from .pseudo_labels import assign_to_centres
+from .clustering import assign_to_centres
 
 
 class ExerciseFailed(AssertionError):

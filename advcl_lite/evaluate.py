@@ -34,10 +34,10 @@ import torch
 import torch.nn as nn
 
 from . import distributed
-from .attacks import EPS, PGD, check_attack_params, make_attack, model_mode
+from .attacks import EPS, PGD, check_attack_params, make_attack
 from .data import ImageDataset, class_balanced_subset, load_dataset
 from .presets import check_count
-from .runtime import model_device, progress_bar, progress_enabled, seeded
+from .runtime import model_device, model_mode, progress_bar, progress_enabled, seeded
 
 # --------------------------------------------------------------------------- intervals
 

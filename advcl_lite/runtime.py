@@ -203,3 +203,22 @@ def model_device(model: torch.nn.Module, device=None) -> torch.device:
         model.to(dev)
         return dev
     return param_device(model)
+
+
+@contextlib.contextmanager
+def model_mode(model: torch.nn.Module, mode: str | None):
+    """Temporarily set ``model`` to train (``"train"``) or eval (``"eval"``); ``None`` keeps it.
+
+    On exit every submodule gets back its own flag, so a model whose parts were in
+    different modes (e.g. a frozen encoder in eval under a head in train) is restored exactly.
+    """
+    if mode not in ("train", "eval", None):
+        raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    if mode is not None:
+        model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag

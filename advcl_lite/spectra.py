@@ -40,11 +40,11 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .attacks import PGD, BandLimitedPGD, check_attack_params, check_inputs, model_mode
+from .attacks import PGD, BandLimitedPGD, check_attack_params, check_inputs
 from .data import class_interleaved  # noqa: F401 - re-exported for the spectra notebook
 from .frequency import (band_filter, band_name, energy_fraction, frequency_radius, out_of_band_fraction,
                         radial_power_spectrum, size2)
-from .runtime import model_device, progress_bar, seeded
+from .runtime import model_device, model_mode, progress_bar, seeded
 
 BANDS = ("full", "low", "high")
 

@@ -1,7 +1,7 @@
 """Time the k-means behind ``advcl_lite.pseudo_labels`` on CIFAR-10-sized feature sets.
 
 Target: K in {2, 10, 50, 100, 500} on 50,000 x 512 features in at most 60 s in
-total on 2 CPU cores. Each K is clustered with ``pseudo_labels.kmeans`` exactly as
+total on 2 CPU cores. Each K is clustered with ``clustering.kmeans`` exactly as
 ``make_pseudo_labels`` does (L2-normalised float32 features; greedy k-means++ on a
 seeded subsample of max(10000, 20 K) points, then scikit-learn Lloyd on all points).
 
@@ -55,7 +55,7 @@ def synthetic_features(n: int = 50000, dim: int = 512, seed: int = 0, classes: i
 def real_features(data: str, width: int, n: int, seed: int = 0) -> np.ndarray:
     from advcl_lite.data import _cache_dir, load_dataset
     from advcl_lite.models import ResNet18
-    from advcl_lite.pseudo_labels import extract_features
+    from advcl_lite.clustering import extract_features
 
     key = hashlib.sha1(f"{Path(data).resolve()}|{width}|{n}|{seed}".encode()).hexdigest()[:12]
     cache = _cache_dir() / f"bench-features-{key}.npy"
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
     from sklearn.cluster import KMeans, MiniBatchKMeans
     import sklearn
-    from advcl_lite.pseudo_labels import kmeans
+    from advcl_lite.clustering import kmeans
 
     ks = [int(k) for k in args.ks.split(",")]
     if args.features == "synthetic":

@@ -11,7 +11,7 @@ from advcl_lite import checks
 from advcl_lite.evaluate import robust_accuracy
 from advcl_lite.frequency import frequency_radius, high_pass, low_pass, radial_power_spectrum
 from advcl_lite.losses import multiview_contrastive_loss
-from advcl_lite.pseudo_labels import assign_to_centres
+from advcl_lite.clustering import assign_to_centres
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("0*.ipynb"))
 

@@ -13,9 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "advcl_lite"
 LAYERS = [
     ("runtime", "presets", "frequency", "losses", "optim", "distributed"),
     ("checkpoint", "data", "views", "training"),
-    ("models", "attacks"),
-    ("pseudo_labels", "evaluate", "results", "spectra", "pretrained", "methods"),
-    ("pretrain", "finetune", "checks", "viz"),
+    ("models", "attacks", "diagnostics"),
+    ("clustering", "evaluate", "results", "spectra", "pretrained", "methods"),
+    ("pseudo_labels", "checks", "finetune"),
+    ("pretrain", "viz"),
     ("tour", "course", "analysis"),
     ("site",),
     ("cli",),

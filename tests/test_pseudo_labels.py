@@ -10,14 +10,16 @@ import pytest
 import torch
 import torch.nn as nn
 
+from advcl_lite import diagnostics
 from advcl_lite import pseudo_labels as plm
 from advcl_lite.checkpoint import CheckpointError
 from advcl_lite.data import DataError, load_dataset
 from advcl_lite.models import ContrastiveNet, ResNet18
 from advcl_lite.presets import get_preset
 from advcl_lite.pretrain import pretrain, pretrain_dataset
-from advcl_lite.pseudo_labels import (PseudoLabels, PseudoLabelsNotFound, cluster_stats, extract_features,
-                                      get_or_make_pseudo_labels, make_pseudo_labels, purity)
+from advcl_lite.clustering import extract_features
+from advcl_lite.diagnostics import cluster_stats, purity
+from advcl_lite.pseudo_labels import PseudoLabels, PseudoLabelsNotFound, get_or_make_pseudo_labels, make_pseudo_labels
 
 matplotlib.use("Agg")
 
@@ -217,7 +219,7 @@ def test_pretrain_result_stands_for_its_checkpoint(simclr_run, simclr_ckpt, ds64
 def test_embed_2d_knows_its_methods():
     """The figures of this stage (advcl_lite.viz.plot_cluster_grid ...) are tested in test_viz.py."""
     with pytest.raises(ValueError, match="tsne"):
-        plm.embed_2d(np.zeros((5, 3)), method="umap")
+        diagnostics.embed_2d(np.zeros((5, 3)), method="umap")
 
 
 # --------------------------------------------------------------------------- AdvCL with pseudo-labels

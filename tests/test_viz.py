@@ -11,7 +11,7 @@ import torch
 from advcl_lite import spectra as S
 from advcl_lite.evaluate import accuracy_vs_eps
 from advcl_lite.frequency import energy_fraction, high_pass, low_pass, radial_power_spectrum
-from advcl_lite.pseudo_labels import extract_features
+from advcl_lite.clustering import extract_features
 from advcl_lite.viz import (plot_accuracy_vs_eps, plot_band_accuracy, plot_cluster_grid, plot_cluster_sizes,
                             plot_embedding, plot_frequency_explorer, plot_heat_maps, plot_results)
 from helpers import example_records, linear_model_on

@@ -1,7 +1,7 @@
 """Figures of the pseudo-label stage (notebook 03): cluster sizes, cluster members, 2-D maps of the features.
 
 Diagnostics for teaching: they compare clusters with the true classes, which never enter pretraining.
-The computations (:class:`~advcl_lite.pseudo_labels.PseudoLabels`, :func:`~advcl_lite.pseudo_labels.embed_2d`)
+The computations (:class:`~advcl_lite.pseudo_labels.PseudoLabels`, :func:`~advcl_lite.diagnostics.embed_2d`)
 live in :mod:`advcl_lite.pseudo_labels`.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset
-from ..pseudo_labels import PseudoLabels, as_numpy_labels, embed_2d
+from ..diagnostics import as_numpy_labels, embed_2d
+from ..pseudo_labels import PseudoLabels
 from .core import _plt, plot_views
 
 

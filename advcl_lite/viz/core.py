@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..frequency import energy_fraction, high_pass, low_pass, radial_mask, radial_power_spectrum
-from ..runtime import headless
+from ..runtime import headless, model_mode
 
 
 def widget(fn, manual: bool = False, **controls):
@@ -279,12 +279,8 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], keys:
 @torch.no_grad()
 def _probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was = model.training
-    model.eval()
-    try:
+    with model_mode(model, "eval"):          # every submodule's own flag comes back afterwards
         return torch.softmax(model(x.to(dev)).float(), 1).cpu()
-    finally:
-        model.train(was)
 
 
 def plot_adversarial_panel(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,

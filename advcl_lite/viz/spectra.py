@@ -11,9 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..attacks import model_mode
 from ..frequency import high_pass, low_pass
-from ..runtime import model_device
+from ..runtime import model_device, model_mode
 from ..spectra import (BANDS, accuracy_under_band_attacks, heat_map_summary, high_frequency_fraction,
                        pgd_perturbations, power_spectrum_2d)
 from .core import _plt
