@@ -66,7 +66,7 @@ from .evaluate import evaluate
 from .losses import NonFiniteLossError, trades_kl
 from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
                      to_channels_last)
-from .presets import Preset, get_preset
+from .presets import NOTEBOOK_FIELDS, Preset, get_preset
 from .pretrained import KIND as ENCODER_KIND, load_encoder_file
 from .runtime import progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
 from .training import TrainState, augmentation_stream, run_epoch
@@ -254,7 +254,8 @@ def _score(scheme: str, m: dict[str, Any]) -> tuple:
 
 
 def _config(scheme: str, p: Preset, info: dict[str, Any], ds: ImageDataset, image_size) -> dict[str, Any]:
-    return json.loads(json.dumps({"scheme": scheme, "preset": p.to_dict(), "encoder_sha256": info["sha256"],
+    preset = {k: v for k, v in p.to_dict().items() if k not in NOTEBOOK_FIELDS}   # what can change the model
+    return json.loads(json.dumps({"scheme": scheme, "preset": preset, "encoder_sha256": info["sha256"],
                                   "route": info["route"], "dataset": ds.id, "data_fingerprint": ds.fingerprint,
                                   "image_size": ds.image_size, "resize": image_size}))
 

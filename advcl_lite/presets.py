@@ -74,6 +74,20 @@ class Preset:
     eval_n: int = 1000                # test images for SA and PGD-20 RA
     eval_pgd_steps: int = 20
     aa_n: int = 0                     # test images for AutoAttack (0: skip)
+    # what the notebooks analyse at this preset (each is a test-image count or a step count; README's cost table)
+    shows_results: bool = True        # False: the preset only proves that the code runs (smoke), and says so
+    nb_schemes: tuple[str, ...] = ("slf",)   # notebook 04's finetuning schemes
+    nb_curve_n: int = 200             # notebook 04: test images of the accuracy-vs-eps curves (at most eval_n)
+    nb_transfer_n: int | None = None  # notebook 04: test images of the animal/vehicle task (None: eval_n)
+    spectra_n: int = 256              # notebook 05: PGD perturbations whose spectra are drawn
+    spectra_steps: int = 10           #   and their PGD steps
+    heat_n: int = 32                  # notebook 05: images of the Fourier heat map
+    heat_stride: int = 2              #   every heat_stride-th frequency
+    band_n: int = 100                 # notebook 05: images of the band-limited attacks
+    band_eps: tuple[int, ...] = (4, 8)   #   their eps, in /255
+    band_steps: int = 5               #   their PGD steps
+    explore_n: int = 16               # notebook 05: images of the frequency explorer
+    explore_steps: int = 5            #   its PGD steps
     # execution
     amp: str = "none"                 # "none" (fp32, as the originals), "bf16" or "fp16": a speed switch (README)
     channels_last: bool = True
@@ -85,7 +99,9 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["pseudo_ks"] = list(self.pseudo_ks)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
         return d
 
 
@@ -95,6 +111,8 @@ PRESETS: dict[str, Preset] = {
         description="CI: proves every stage runs in seconds on the embedded sample; shows nothing about AdvCL.",
         train_subset=256, base_width=8, batch_size=64, epochs=1, lr=0.0625, acl_lr=0.625, warmup_epochs=0.0, advcl_lr_per_epoch=False,
         ft_epochs=1, ft_batch_size=128, aff_batch_size=64, ft_subset=256, eval_n=64, aa_n=8,
+        shows_results=False, nb_schemes=("slf", "alf", "aff"), nb_curve_n=16, spectra_n=32, spectra_steps=2, heat_n=8,
+        heat_stride=8, band_n=32, band_eps=(8,), band_steps=2, explore_n=8, explore_steps=2,
     ),
     "quick": Preset(
         name="quick",
@@ -103,12 +121,15 @@ PRESETS: dict[str, Preset] = {
         train_subset=1000, base_width=16, batch_size=128, epochs=2, lr=0.125, acl_lr=1.25, warmup_epochs=0.02,
         advcl_lr_per_epoch=False,
         ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=1000, aa_n=0,
+        nb_curve_n=100, nb_transfer_n=300,     # cut to fit the quick tour in about 10 minutes (BENCHMARKS.md)
     ),
     "benchmark": Preset(
         name="benchmark",
         description="5,000 CIFAR-10 images, 5 epochs: the results report of BENCHMARKS.md (about 2 hours on 2 CPU cores).",
         data="cifar10", train_subset=5000, base_width=16, batch_size=256, epochs=5, warmup_epochs=0.05, advcl_lr_per_epoch=False,
         ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=2000, aa_n=0,
+        nb_schemes=("slf", "alf"), spectra_n=1000, heat_n=100, heat_stride=1, band_n=250, band_eps=(2, 4, 8),
+        band_steps=10, explore_n=32, explore_steps=10,
     ),
     "paper": Preset(
         name="paper",
@@ -116,9 +137,15 @@ PRESETS: dict[str, Preset] = {
         data="cifar10", train_subset=None, base_width=64, batch_size=512, epochs=1000, lr=0.5, acl_lr=5.0,
         warmup_epochs=10.0, ft_epochs=25, ft_lr=0.01, aff_lr=0.1, ft_batch_size=512, aff_batch_size=128,
         eval_n=10000, aa_n=10000, channels_last=True, ckpt_every=10,
+        nb_schemes=("slf", "alf", "aff"), spectra_n=1000, spectra_steps=20, heat_n=1000, heat_stride=1, band_n=1000,
+        band_eps=(1, 2, 4, 8, 16), band_steps=20, explore_n=64, explore_steps=10,
     ),
 }
 
+
+# the fields that say what the notebooks analyse: they change no trained weights (not part of any run's config)
+NOTEBOOK_FIELDS = ("shows_results", "nb_schemes", "nb_curve_n", "nb_transfer_n", "spectra_n", "spectra_steps", "heat_n",
+                   "heat_stride", "band_n", "band_eps", "band_steps", "explore_n", "explore_steps")
 
 # the presets made for a GPU: a notebook on a CPU says how to get one (runtime.describe_device)
 GPU_PRESETS = ("paper",)
@@ -171,13 +198,14 @@ def apply_overrides(base: Preset, overrides: dict[str, Any]) -> Preset:
 def _coerce(key: str, value: Any, current: Any) -> Any:
     if value is None:
         return None
-    if key in ("train_subset", "ft_subset") and isinstance(value, str) and value.strip().lower() in ("none", "all"):
+    if key in ("train_subset", "ft_subset", "nb_transfer_n") and isinstance(value, str) \
+            and value.strip().lower() in ("none", "all"):
         return None  # --set train_subset=all: every image of the split
     try:
-        if key == "pseudo_ks":
+        if isinstance(current, tuple):          # pseudo_ks, band_eps: numbers; nb_schemes: names
             if isinstance(value, str):
                 value = [v for v in value.replace(" ", "").split(",") if v]
-            return tuple(int(v) for v in value)
+            return tuple(str(v).lower() for v in value) if key == "nb_schemes" else tuple(int(v) for v in value)
         if isinstance(current, bool) or key == "channels_last":
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -186,7 +214,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
                     return False
                 raise ValueError
             return bool(value)
-        if key in ("train_subset", "ft_subset") or isinstance(current, int) and not isinstance(current, bool):
+        if key in ("train_subset", "ft_subset", "nb_transfer_n") or isinstance(current, int) and not isinstance(current, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
@@ -247,5 +275,16 @@ def _validate(p: Preset) -> None:
     for key in ("dynacl_swap", "air_lambda1", "air_lambda2"):
         if getattr(p, key) < 0:
             raise ValueError(f"preset field {key!r} must be >= 0, not {getattr(p, key)}")
+    bad = [s for s in p.nb_schemes if s not in ("slf", "alf", "aff")]
+    if bad or not p.nb_schemes:
+        raise ValueError(f"preset field 'nb_schemes' takes finetuning schemes from slf, alf, aff, not {list(p.nb_schemes)}")
+    for key in ("nb_curve_n", "spectra_n", "spectra_steps", "heat_n", "heat_stride", "band_n", "band_steps",
+                "explore_n", "explore_steps"):
+        if getattr(p, key) < 1:
+            raise ValueError(f"preset field {key!r} must be >= 1, not {getattr(p, key)}")
+    if p.nb_transfer_n is not None and p.nb_transfer_n < 1:
+        raise ValueError(f"preset field 'nb_transfer_n' must be >= 1 (or None: eval_n), not {p.nb_transfer_n}")
+    if not p.band_eps or any(not 0 < e <= 255 for e in p.band_eps):
+        raise ValueError(f"preset field 'band_eps' takes radii in /255 between 1 and 255, not {list(p.band_eps)}")
     if any(k < 2 for k in p.pseudo_ks):
         raise ValueError(f"every pseudo-label K must be >= 2, got {p.pseudo_ks}")

@@ -34,9 +34,9 @@ from typing import Any, Iterator, Sequence
 
 from .checkpoint import run_lock, write_json
 from .data import DataError
-from .presets import PRESETS, get_preset
+from .presets import GPU_PRESETS, PRESETS, get_preset
 from .pretrained import resolve_encoders
-from .runtime import HEADLESS_ENV, __version__
+from .runtime import HEADLESS_ENV, __version__, describe_device, resolve_device, seed_everything
 
 RECORD_ENV = "ADVCL_RECORD_FILE"
 NOTEBOOKS_ENV = "ADVCL_NOTEBOOKS"
@@ -438,3 +438,14 @@ def _run_tour(preset, out: Path, data, nbs, how, encoders, timeout, figures) -> 
     if error is not None:
         raise error
     return results
+
+
+def notebook_setup(preset: str, device="auto", work_dir="advcl-runs"):
+    """What every notebook's set-up cell starts with: the preset (``print(P)`` or ``advcl-lite presets`` shows every
+    setting), the device (cuda > mps > cpu, ``ADVCL_DEVICE`` overrides "auto"), printed with how to get a GPU where
+    the preset needs one, the seeds, and the work folder. Returns ``(P, device, work_dir)``."""
+    P = get_preset(preset)
+    device = resolve_device(device)
+    print(describe_device(device, wants_gpu=P.name in GPU_PRESETS))
+    seed_everything(P.seed)
+    return P, device, Path(work_dir)

@@ -79,9 +79,23 @@ def test_set_up_cell_in_a_hosted_runtime_installs_without_touching_torch(path, m
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_every_notebook_prints_its_device_after_the_imports(path):
+    """One set-up helper (tour.notebook_setup: the preset, the device line, the seeds) right after the imports."""
     setup = _cells(path)[3].source
-    assert "print(describe_device(device, wants_gpu=P.name in GPU_PRESETS))" in setup, path.name
-    assert setup.index("describe_device(device") > setup.index("device = resolve_device(device)")
+    assert "P, device, work_dir = notebook_setup(preset, device, work_dir)" in setup, path.name
+    assert setup.index("notebook_setup(preset") > setup.index("from advcl_lite.tour import notebook_setup")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_no_code_cell_but_the_parameters_names_a_preset(path):
+    """What a preset changes lives in the preset (advcl-lite presets, --set), not in a cell that branches on its name."""
+    import ast
+    from advcl_lite.presets import PRESETS
+    for i, cell in enumerate(_cells(path)):
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or "parameters" in tags or "hosted-setup" in tags:
+            continue
+        named = [n.value for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Constant) and n.value in PRESETS]
+        assert not named, f"{path.name} cell {i} names the preset(s) {named}; make it a preset field instead"
 
 
 def test_notebook_01_prints_the_device_line(run_nb):
