@@ -37,7 +37,7 @@ from . import distributed
 from .attacks import EPS, PGD, check_attack_params, make_attack
 from .data import ImageDataset, class_balanced_subset, load_dataset
 from .presets import check_count
-from .runtime import model_device, model_mode, progress_bar, progress_enabled, seeded
+from .runtime import announce_eta, model_device, model_mode, progress_bar, progress_enabled, seeded
 
 # --------------------------------------------------------------------------- intervals
 
@@ -148,6 +148,9 @@ def evaluate(model: nn.Module, data, attack=None, n: int | None = None, batch_si
                 raise ValueError(f"the attack returned {getattr(x_adv, 'shape', type(x_adv))}, expected a tensor "
                                  f"of the input shape {tuple(x.shape)}")
             x_adv = x_adv.detach().to(dev)
+            if i == rank and distributed.is_main():   # the first batch: how long the attack will take
+                announce_eta(f"evaluate ({hook!r})", time.perf_counter() - t0, math.ceil(size / batch_size / world),
+                             progress)
             with torch.no_grad():
                 ok_adv = robust_correct(pred, model(x_adv).argmax(1), y)
             robust += int(ok_adv.sum())

@@ -63,12 +63,13 @@ from .checkpoint import (CheckpointError, check_run_kind, load_checkpoint, load_
                          sha256_file, state_dict_sha256, write_json)
 from .data import BUILTIN_DATASETS, DataError, ImageDataset, class_balanced_subset, load_dataset, resize_images, train_val_split
 from .evaluate import evaluate
+from .clustering import extract_features
 from .losses import NonFiniteLossError, trades_kl
 from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
                      to_channels_last)
 from .presets import NOTEBOOK_FIELDS, Preset, get_preset
 from .pretrained import KIND as ENCODER_KIND, load_encoder_file
-from .runtime import progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
+from .runtime import announce_eta, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
 from .training import TrainState, augmentation_stream, run_epoch
 from .views import crop_flip
 
@@ -276,7 +277,7 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
     scheme = str(scheme).lower()
     if scheme not in SCHEMES:
         raise ValueError(f"unknown finetuning scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    p = get_preset(preset, **overrides)
     dev = distributed.setup(resolve_device(device))
     enc, info = resolve_encoder(encoder, route)
     bad = [k for k, v in enc.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -369,6 +370,44 @@ class AFF(Scheme):
                 "train_acc": self._accuracy(logits, y)}
 
 
+class SLFCached(SLF):
+    """SLF on features computed once (``preset.slf_cached_features``): the head trains on the frozen encoder's
+    features of the un-augmented training images, looked up by the batch's indices, instead of on crop+flip views
+    (the original's SLF augments; a named deviation for speed). The encoder is frozen and in eval mode under SLF,
+    so each image's features are the same at every epoch."""
+
+    def __init__(self, model, net, p, aug_gen, features: torch.Tensor):
+        super().__init__(model, net, p, aug_gen)
+        self.features = features
+
+    def __call__(self, batch):
+        y, idx = batch[1], batch[2]
+        logits = self.model.fc(self.features[idx.to(self.features.device)])
+        return {"loss": F.cross_entropy(logits.float(), y), "train_acc": self._accuracy(logits, y)}
+
+
+FEATURES_NAME = "features.pt"       # SLF's cached features (slf_cached_features), keyed by encoder and data
+
+
+def cached_features(encoder: nn.Module, train: ImageDataset, info: dict, out_dir, device,
+                    progress: bool | None = None) -> torch.Tensor:
+    """The encoder's features of ``train`` (un-augmented, eval mode), from ``out_dir/features.pt`` when it holds
+    them for this encoder (weights hash) and these images (fingerprint), else computed and stored there."""
+    key = {"encoder_sha256": info["sha256"], "data": train.id, "data_fingerprint": train.fingerprint}
+    path = Path(out_dir) / FEATURES_NAME if out_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            ck = load_checkpoint(path, kind="features", map_location="cpu")
+            if ck["meta"].get("key") == key:
+                return ck["state_dict"]["features"].to(device)
+        except CheckpointError:
+            pass
+    feats = extract_features(encoder, train, device=device, progress=progress).to(device)
+    if path is not None and distributed.is_main():
+        save_checkpoint(path, kind="features", state_dict={"features": feats.cpu()}, meta={"key": key})
+    return feats
+
+
 SCHEME_CLASSES = {c.name: c for c in (SLF, ALF, AFF)}
 RESUME_NAME = "resume.pt"      # an interrupted finetuning run's state, removed once model.pt is written
 
@@ -376,6 +415,12 @@ RESUME_NAME = "resume.pt"      # an interrupted finetuning run's state, removed 
 def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress, image_size, resume=True):
     """The training loop of :func:`finetune`, its arguments already checked."""
     state, step, batches = _finetune_state(enc, scheme, p, ds, train, dev)
+    if scheme == "slf" and p.slf_cached_features:
+        if distributed.world_size() > 1:
+            raise ValueError("slf_cached_features is a single-process speed switch; under torchrun run SLF as "
+                             "the original does (slf_cached_features=false)")
+        step = SLFCached(step.model, step.net, p, step.aug_gen, cached_features(state.net.encoder, train, info,
+                                                                                   out_dir, dev, progress))
     config = _config(scheme, p, info, ds, image_size)
     best = {"key": None, "epoch": 0, "val": None, "state": None}
     resume_path = Path(out_dir) / RESUME_NAME if out_dir is not None else None
@@ -385,12 +430,16 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
     t_run = time.perf_counter()
     if p.ft_epochs == 0:
         best["val"] = _val_metrics(state.net, val, scheme, p, dev, 0)
-    for epoch in range(state.epoch + 1, p.ft_epochs + 1):
+    first = state.epoch + 1
+    for epoch in range(first, p.ft_epochs + 1):
         step.net.train(not step.linear)     # SLF/ALF: the whole classifier stays in eval mode
         bar = progress_bar(batches(), total=batches.steps, desc=f"{scheme.upper()} epoch {epoch}/{p.ft_epochs}",
                            progress=show)
         r = run_epoch(state, step, bar, amp=p.amp, per_step_schedule=False,
-                      nonfinite=lambda losses: _nonfinite(scheme, p, losses["loss"], epoch))
+                      nonfinite=lambda losses: _nonfinite(scheme, p, losses["loss"], epoch),
+                      on_first_step=(lambda s: announce_eta(f"{scheme.upper()}: {p.ft_epochs - first + 1} epoch(s)", s,
+                                                            batches.steps * (p.ft_epochs - first + 1), show))
+                      if epoch == first else None)
         state.sched.step()
         metrics = _val_metrics(state.net, val, scheme, p, dev, epoch)
         state.history.append({"epoch": epoch, **r, **metrics})
@@ -535,7 +584,7 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
     """``out_dir/model.pt`` if it was finetuned with this configuration (scheme, preset, the same encoder
     weights, dataset, size), else :func:`finetune` into ``out_dir`` (notebooks: load if cached, else train).
     A stored model of another configuration is moved to ``out_dir/superseded/<time>/``, not deleted."""
-    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    p = get_preset(preset, **overrides)
     path = Path(out_dir) / CHECKPOINT_NAME
     if path.exists():
         try:

@@ -393,7 +393,9 @@ class AdvCL(Method):
     def __init__(self, net: nn.Module, preset: Preset, view: str = "hfc", radius: float = 8.0,
                  use_pseudo: bool = False, recompute_anchors: bool = False, batched: bool = False):
         super().__init__(net, preset)
-        self.batched = bool(batched)    # one batched forward per attack step and for the update (same math)
+        # one batched forward per attack step and for the update (same math): a speed variant measured by
+        # benchmarks/advcl_step.py and gpu_step.py; pretrain() runs the unbatched step, the original's order
+        self.batched = bool(batched)
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
         p = preset

@@ -70,6 +70,9 @@ class Preset:
     trades_beta: float = 6.0
     val_fraction: float = 0.1         # held out from the training split for model selection
     ft_subset: int | None = None      # training images used for finetuning (None: all)
+    slf_cached_features: bool = False  # SLF on the frozen encoder's features of the un-augmented images, computed
+                                       # once (a speed switch for paper-width encoders on a CPU; the original
+                                       # augments with crop+flip: README's differences table)
     # evaluation
     eval_n: int = 1000                # test images for SA and PGD-20 RA
     eval_pgd_steps: int = 20
@@ -164,7 +167,7 @@ def check_count(name: str, value: Any, minimum: int = 1, allow_none: bool = True
 
 
 def get_preset(name: str | Preset = "smoke", **overrides: Any) -> Preset:
-    """Return the preset called ``name`` with ``overrides`` applied.
+    """Return the preset called ``name`` (or the :class:`Preset` itself) with ``overrides`` applied, validated.
 
     >>> get_preset("smoke", epochs=2).epochs
     2

@@ -48,7 +48,7 @@ from .models import ContrastiveNet, load_pretrained, to_channels_last
 from .optim import lr_factor   # noqa: F401  (re-exported: the tests and notebooks read it here)
 from .presets import Preset, get_preset
 from .pseudo_labels import PseudoLabels, get_or_make_pseudo_labels
-from .runtime import progress_bar, progress_enabled, resolve_device, seed_everything
+from .runtime import announce_eta, progress_bar, progress_enabled, resolve_device, seed_everything
 from .training import TrainState, augmentation_stream, run_epoch
 
 
@@ -207,7 +207,7 @@ def plan_run(method: str, preset: str | Preset = "smoke", data=None, view: str =
     method_class(method)
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
-    p = get_preset(preset, **overrides) if overrides or not isinstance(preset, Preset) else preset
+    p = get_preset(preset, **overrides)
     ds = pretrain_dataset(p, data)
     if pseudo_labels is None or (isinstance(pseudo_labels, str) and pseudo_labels == "auto"):
         return RunSpec(method, p, ds, view, radius, needs_labels=method_class(method).takes_pseudo_labels)
@@ -334,15 +334,18 @@ def _train(spec: RunSpec, out_dir: Path, resume: bool, device, progress, recompu
 
         show = progress_enabled(progress) and main
         end_epoch = preset.epochs if max_epochs is None else min(preset.epochs, max_epochs)
-        t_run = time.perf_counter()
-        for epoch in range(state.epoch + 1, end_epoch + 1):
+        t_run, first = time.perf_counter(), state.epoch + 1
+        eta = lambda secs: announce_eta(f"{name}: {end_epoch - first + 1} epoch(s)", secs,    # noqa: E731
+                                        batches.steps * (end_epoch - first + 1), show)
+        for epoch in range(first, end_epoch + 1):
             model.train()
             step.set_epoch(epoch, preset.epochs)
             bar = progress_bar(batches(), total=batches.steps, desc=f"{name} epoch {epoch}/{preset.epochs}",
                                progress=show)
             r = run_epoch(state, lambda b: step(b[0], state.aug_gen, pl.targets(b[2], device) if pl is not None
                                                 else None),
-                          bar, amp=preset.amp, nonfinite=lambda losses: nonfinite(losses, epoch), per_step_schedule=True)
+                          bar, amp=preset.amp, nonfinite=lambda losses: nonfinite(losses, epoch), per_step_schedule=True,
+                          on_first_step=eta if epoch == first else None)
             state.history.append({"epoch": epoch, **r, **step.epoch_record()})
             if show:
                 print(f"[{name}] epoch {epoch}/{preset.epochs} loss {r['loss']:.4f} "

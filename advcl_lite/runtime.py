@@ -85,12 +85,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def set_threads(n: int | None) -> None:
-    """Limit intra-op CPU threads (``None`` leaves torch's default)."""
-    if n:
-        torch.set_num_threads(int(n))
-
-
 @contextlib.contextmanager
 def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
     """Run the block with torch's RNG seeded to ``seed`` (CPU, and the CUDA device in use) without
@@ -222,3 +216,19 @@ def model_mode(model: torch.nn.Module, mode: str | None):
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+ETA_THRESHOLD_S = 60.0    # stages expected to take longer than this announce their time when they start
+
+
+def announce_eta(label: str, first_seconds: float, units: int, progress: bool | None = None,
+                 threshold: float = ETA_THRESHOLD_S) -> float:
+    """After the first of ``units`` equal steps of a stage took ``first_seconds``, print one line with the time
+    the whole stage will take, when that is over ``threshold`` seconds and progress is shown (a paper-width
+    encoder on a CPU: minutes to hours). Returns the estimate in seconds."""
+    total = float(first_seconds) * max(1, int(units))
+    if total > threshold and progress_enabled(progress):
+        when = f"{total / 60:.0f} min" if total < 5400 else f"{total / 3600:.1f} h"
+        print(f"{label}: about {when} on this machine ({units} steps, the first took {first_seconds:.1f} s)",
+              flush=True)
+    return total

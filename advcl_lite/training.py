@@ -103,10 +103,12 @@ class TrainState:
 
 
 def run_epoch(state: TrainState, step: Callable[[tuple], dict[str, torch.Tensor]], batches: Iterable, *,
-              amp: str = "none", nonfinite: Callable[[dict], Exception], per_step_schedule: bool) -> dict[str, Any]:
+              amp: str = "none", nonfinite: Callable[[dict], Exception], per_step_schedule: bool,
+              on_first_step: Callable[[float], Any] | None = None) -> dict[str, Any]:
     """One epoch: ``step(batch)`` -> losses (``"loss"`` is minimised; every value is averaged over the images),
     the optimiser step, and ``state.sched.step()`` after each batch when ``per_step_schedule``. A non-finite
-    loss raises ``nonfinite(losses)`` before anything moves. ``batches`` may be a progress bar (its postfix
+    loss raises ``nonfinite(losses)`` before anything moves; ``on_first_step(seconds)`` hears how long the first
+    batch took (for a time estimate). ``batches`` may be a progress bar (its postfix
     shows the loss; it is closed at the end). Returns the epoch's mean losses (over the ranks), the ``lr`` of
     its last step, ``seconds`` and ``images_per_s`` (all ranks)."""
     t0, sums, seen, lr_used = time.perf_counter(), {}, 0, state.lr
@@ -124,6 +126,8 @@ def run_epoch(state: TrainState, step: Callable[[tuple], dict[str, torch.Tensor]
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) * n
         seen += n
+        if on_first_step is not None and seen == n:
+            on_first_step(time.perf_counter() - t0)
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     if hasattr(batches, "close"):

@@ -92,3 +92,55 @@ def test_cli_student_refuses_to_replace_an_edited_copy(tmp_path, capsys, monkeyp
     assert "my answer" in first.read_text()                       # nothing the user wrote was replaced
     assert main(["student", "--out", str(tmp_path), "--overwrite"]) == 0
     assert "my answer" not in first.read_text()
+
+
+def _nbgrader():
+    import os
+    import shutil
+    exe = os.environ.get("ADVCL_NBGRADER") or shutil.which("nbgrader")
+    if not exe:
+        pytest.skip("nbgrader is not installed (the optional `course` extra, in an environment of its own: README "
+                    "'Teaching with advcl_lite'); set ADVCL_NBGRADER=/path/to/nbgrader to use one elsewhere")
+    return exe
+
+
+def test_nbgrader_gives_the_instructor_copies_full_points_and_the_stubs_none(tmp_path):
+    """A course of notebooks 01 and 06 at smoke (the two cheapest to execute, one exercise each): nbgrader's
+    generate_assignment and autograde give the instructor copies every point and the released stubs none, and
+    log no warning about a grade cell's output (the checks return None)."""
+    import json
+    import subprocess
+    exe = _nbgrader()
+    course_dir = tmp_path / "course"
+    source = course_dir / "source" / "ps1"
+    source.mkdir(parents=True)
+    names = [p for p in sorted(NOTEBOOKS.glob("0*.ipynb")) if p.name[:2] in ("01", "06")]
+    for p in names:
+        nb = nbformat.read(p, as_version=4)
+        for cell in nb.cells:
+            if "parameters" in cell.metadata.get("tags", []):
+                cell.source = cell.source.replace('preset = "quick"', 'preset = "smoke"').replace(
+                    'work_dir = "advcl-runs"', f'work_dir = "{tmp_path / "runs"}"')
+        nbformat.write(nb, source / p.name)
+    (course_dir / "nbgrader_config.py").write_text(
+        f'c = get_config()\nc.CourseDirectory.course_id = "advcl"\nc.CourseDirectory.root = r"{course_dir}"\n'
+        f'c.ExecutePreprocessor.timeout = 600\n')
+    env = {**__import__("os").environ, "MPLBACKEND": "agg", "ADVCL_PROGRESS": "0"}
+
+    def run(*args):
+        r = subprocess.run([exe, *args], cwd=course_dir, capture_output=True, text=True, env=env, timeout=1200)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        return r.stdout + r.stderr
+    log = run("generate_assignment", "ps1", "--force")
+    for student, folder in (("teacher", source), ("stub", course_dir / "release" / "ps1")):
+        sub = course_dir / "submitted" / student / "ps1"
+        sub.mkdir(parents=True)
+        for p in names:
+            (sub / p.name).write_bytes((folder / p.name).read_bytes())
+    log += run("autograde", "ps1", "--force")
+    assert "partial credit" not in log, log[-3000:]
+    run("export", "--to", str(tmp_path / "grades.csv"))
+    import csv
+    rows = {r["student_id"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
+    assert float(rows["teacher"]["max_score"]) == len(names)
+    assert float(rows["teacher"]["score"]) == len(names) and float(rows["stub"]["score"]) == 0, json.dumps(rows)

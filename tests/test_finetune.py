@@ -306,3 +306,18 @@ def test_an_interrupted_finetuning_run_resumes_to_the_same_model(advcl_ckpt, P, 
             finetune(advcl_ckpt, "aff", Q, out_dir=tmp_path / "cut2", **kw)
         monkeypatch.setattr(ftm, "_val_metrics", real)
         finetune(advcl_ckpt, "aff", Q.replace(trades_beta=3.0), out_dir=tmp_path / "cut2", **kw)
+
+
+def test_slf_on_cached_features_trains_the_head_on_features_computed_once(advcl_ckpt, P, tmp_path, monkeypatch):
+    """slf_cached_features: the encoder's features of the training images are computed once, stored beside the
+    model with their key, reused by a second run (the encoder is not called again), and the head learns."""
+    Q = P.replace(slf_cached_features=True, ft_epochs=2)
+    kw = dict(data="sample", device="cpu", progress=False)
+    first = finetune(advcl_ckpt, "slf", Q, out_dir=tmp_path / "a", **kw)
+    assert (tmp_path / "a" / ftm.FEATURES_NAME).exists()
+    assert first.meta["config"]["preset"]["slf_cached_features"] is True
+    assert first.history[-1]["loss"] < first.history[0]["loss"] + 0.5 and 0 <= first.val["val_sa"] <= 1
+    monkeypatch.setattr(ftm, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
+    (tmp_path / "a" / "model.pt").unlink()
+    again = finetune(advcl_ckpt, "slf", Q, out_dir=tmp_path / "a", **kw)
+    assert _same_state(first.model.state_dict(), again.model.state_dict())     # same features, same head

@@ -55,3 +55,16 @@ def test_finished_notebook_bars_are_saved_as_text_not_as_widgets(bar_outputs):
     assert len(texts) == 2, bar_outputs
     assert texts[0].startswith("epoch: 3/3 in ")
     assert texts[1].startswith("cut short: stopped at 1/5 in ") or texts[1].startswith("cut short: stopped at 2/5 in ")
+
+
+def test_a_long_stage_announces_its_time_and_a_short_one_stays_quiet(capsys, monkeypatch):
+    from advcl_lite.runtime import announce_eta
+    monkeypatch.delenv("ADVCL_PROGRESS", raising=False)
+    assert announce_eta("SLF: 5 epoch(s)", 2.0, 100, progress=True) == 200.0
+    out = capsys.readouterr().out
+    assert "SLF: 5 epoch(s): about 3 min on this machine (100 steps, the first took 2.0 s)" in out
+    announce_eta("quick", 0.1, 100, progress=True)          # 10 s: under the threshold
+    announce_eta("quiet", 2.0, 100, progress=False)         # progress off
+    assert capsys.readouterr().out == ""
+    announce_eta("AFF at width 64", 30.0, 400, progress=True)
+    assert "about 3.3 h" in capsys.readouterr().out
