@@ -125,7 +125,10 @@ def test_nbgrader_gives_the_instructor_copies_full_points_and_the_stubs_none(tmp
     (course_dir / "nbgrader_config.py").write_text(
         f'c = get_config()\nc.CourseDirectory.course_id = "advcl"\nc.CourseDirectory.root = r"{course_dir}"\n'
         f'c.ExecutePreprocessor.timeout = 600\n')
-    env = {**__import__("os").environ, "MPLBACKEND": "agg", "ADVCL_PROGRESS": "0"}
+    import os
+    # nbgrader runs its environment's own tools (alembic, the python3 kernel): its bin folder first on PATH
+    env = {**os.environ, "MPLBACKEND": "agg", "ADVCL_PROGRESS": "0",
+           "PATH": os.pathsep.join([str(Path(exe).parent), os.environ.get("PATH", "")])}
 
     def run(*args):
         r = subprocess.run([exe, *args], cwd=course_dir, capture_output=True, text=True, env=env, timeout=1200)
