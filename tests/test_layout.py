@@ -17,7 +17,7 @@ LAYERS = [
     ("clustering", "evaluate", "results", "spectra", "pretrained", "methods"),
     ("pseudo_labels", "checks", "finetune"),
     ("pretrain", "viz"),
-    ("tour", "course", "analysis"),
+    ("tour", "course", "analysis", "encoders"),
     ("site",),
     ("cli",),
 ]

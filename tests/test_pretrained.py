@@ -106,3 +106,19 @@ def test_load_set_keys_rows_by_the_notebooks_names(tiny_set):
     assert list(got) == ["Random init", "ACL"] and all(isinstance(e, ResNet18) for e in got.values())
     assert P.history("acl", folder=tiny_set) == []                  # the tiny set records none
     assert P.history("advcl") and all("loss_cl" in h and "loss_ps" in h for h in P.history("advcl"))
+
+
+def test_the_notebooks_encoder_set_says_where_each_encoder_came_from():
+    """advcl_lite.encoders: one record per table row, in the notebooks' order, for the shipped set."""
+    from advcl_lite.encoders import get_encoders
+    from advcl_lite.presets import get_preset
+    P = get_preset("quick")
+    rows = get_encoders("pretrained", P)
+    assert list(rows) == ["SimCLR", "ACL", "AdvCL", "AdvCL without pseudo-labels", "Random init"]
+    assert [e.kind for e in rows.values()] == ["shipped"] * 4 + ["random"]
+    assert rows["ACL"].cache_name == "shipped-acl" and rows["ACL"].seconds > 0 and rows["ACL"].history
+    assert rows["Random init"].seconds == 0.0 and "random weights" in rows["Random init"].describe()
+    assert "sha256" in rows["AdvCL"].describe()
+    assert list(get_encoders("pretrained", P, keys=("simclr", "advcl"))) == ["SimCLR", "AdvCL"]
+    with pytest.raises(ValueError, match="unknown encoder key"):
+        get_encoders("pretrained", P, keys=("moco",))
