@@ -195,8 +195,9 @@ for _r in REFERENCE_RESULTS:
 
 def shipped_records(name: str) -> list[dict[str, Any]]:
     """The records of a study shipped with the package (``advcl_lite/_data/records/<name>.json``, written by
-    ``benchmarks/studies.py``; BENCHMARKS.md gives each one's command and commit): ``"methods"`` (issue 32's
-    DynACL and DynACL-AIR beside ACL and AdvCL at the ``benchmark`` preset)."""
+    ``benchmarks/studies.py``; BENCHMARKS.md gives each one's command and commit): ``"pseudo"`` (study 1 of
+    issue 27: AdvCL with one K = 10 head on labels of known quality, their NMI beside SA / RA), ``"methods"``
+    (issue 32's DynACL and DynACL-AIR beside ACL and AdvCL at the ``benchmark`` preset)."""
     path = Path(__file__).parent / "_data" / "records" / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.json"))

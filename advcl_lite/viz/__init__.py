@@ -16,13 +16,13 @@ draws into an axis; :func:`plot_frequency_explorer`: the figure and its numbers)
 from .clusters import plot_cluster_grid, plot_cluster_sizes, plot_embedding
 from .core import (display_images, image_grid, plot_adversarial_panel, plot_frequency_views, plot_loss_curves,
                    plot_mask, plot_radial_spectra, plot_views, widget)
-from .results import plot_accuracy_vs_eps, plot_dynacl_schedule, plot_leaderboard, plot_results
+from .results import plot_accuracy_vs_eps, plot_dynacl_schedule, plot_leaderboard, plot_ra_vs_nmi, plot_results
 from .spectra import plot_band_accuracy, plot_fourier_heat_map, plot_frequency_explorer, plot_heat_maps
 
 __all__ = [
     "widget", "display_images", "image_grid", "plot_views", "plot_mask", "plot_frequency_views",
     "plot_radial_spectra", "plot_loss_curves", "plot_adversarial_panel",
     "plot_cluster_sizes", "plot_cluster_grid", "plot_embedding",
-    "plot_results", "plot_accuracy_vs_eps", "plot_leaderboard", "plot_dynacl_schedule",
+    "plot_results", "plot_accuracy_vs_eps", "plot_leaderboard", "plot_dynacl_schedule", "plot_ra_vs_nmi",
     "plot_fourier_heat_map", "plot_heat_maps", "plot_band_accuracy", "plot_frequency_explorer",
 ]

@@ -143,3 +143,45 @@ def plot_dynacl_schedule(runs: Sequence[int] = (1000, 5), stages: int = 20, swap
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def plot_ra_vs_nmi(records: Sequence[dict[str, Any]], ours: float | None = None, scheme: str = "SLF",
+                   title: str | None = None):
+    """Study 1 of issue 27 (:func:`advcl_lite.results.shipped_records` ``("pseudo")``): robust accuracy (PGD-20,
+    95 % intervals as error bars) against the pseudo-labels' NMI with the true classes, one point per label source
+    and seed; the loss as the original scales it (x7.14) and unscaled as two series; AdvCL without pseudo-labels
+    and ACL as horizontal bands (their intervals). ``ours``: the NMI of a notebook's own labels, drawn as a
+    vertical line."""
+    plt = _plt()
+    recs = [r for r in records if str(r.get("scheme", "")).upper() == scheme]
+    if not recs:
+        raise ValueError(f"no {scheme} records to plot")
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for row, color in (("no-pl", "tab:gray"), ("acl", "tab:green")):
+        for r in (r for r in recs if r.get("row") == row):
+            lo, hi = (100 * v for v in r["ra_ci"])
+            ax.axhspan(lo, hi, color=color, alpha=0.15, lw=0)
+            ax.axhline(100 * r["ra"], color=color, lw=1, ls="--", label=f"{r['method']} (seed {r['seed']})")
+    for unscaled, marker, label in ((False, "o", "AdvCL, loss x7.14 (the original)"), (True, "s", "AdvCL, loss unscaled")):
+        pts = [r for r in recs if r.get("nmi") is not None
+               and (float(r.get("base_temperature") or 0.07) >= 0.5) == unscaled]     # 0.5 / 0.5: no x7.14
+        if not pts:
+            continue
+        x = [r["nmi"] for r in pts]
+        y = [100 * r["ra"] for r in pts]
+        err = [[100 * (r["ra"] - r["ra_ci"][0]) for r in pts], [100 * (r["ra_ci"][1] - r["ra"]) for r in pts]]
+        ax.errorbar(x, y, yerr=err, fmt=marker, capsize=3, label=label)
+        for r, xi, yi in zip(pts, x, y):
+            ax.annotate(str(r["row"]).replace("-unscaled", ""), (xi, yi), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    if ours is not None:
+        ax.axvline(ours, color="tab:purple", lw=1, ls=":", label=f"this notebook's labels (NMI {ours:.2f})")
+    ax.set_xlabel("pseudo-labels' NMI with the true classes (K = 10)")
+    ax.set_ylabel(f"{scheme} RA, PGD-20 (%)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    n = sorted({r["n"] for r in recs})
+    ax.set_title(title or f"Study 1 (issue 27): benchmark preset, n = {', '.join(map(str, n))} test images", fontsize=9)
+    fig.tight_layout()
+    return fig
