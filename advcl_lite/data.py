@@ -1,9 +1,14 @@
-"""Datasets and batched view transforms.
+"""Datasets: decoded images in memory, their labels, subsets and splits, and where they come from.
 
 Every dataset here is an :class:`ImageDataset`: decoded uint8 images held in
 memory as one tensor ``(N, 3, H, W)``, integer labels, and the sample index.
 Indexing returns ``(image, label, index)`` with the image as float in [0, 1]
 (no mean/std normalisation: normalisation, if any, lives inside a model).
+:meth:`ImageDataset.batches` yields ``(x, y, index)`` batches straight from that tensor (seeded shuffles, a
+rank's share under ``torchrun``); :func:`class_balanced_subset`, :func:`train_val_split` and
+:func:`class_interleaved` pick images reproducibly; every dataset has an ``id`` and a content ``fingerprint``
+that runs and label files record. What is refused, and how (16-bit and float images, nested folders, symlink
+loops, oversized zip members), is in the README's "What happens when things go wrong".
 
 Sources (:func:`load_dataset`):
 
