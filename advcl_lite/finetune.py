@@ -67,7 +67,7 @@ from .clustering import extract_features
 from .losses import NonFiniteLossError, trades_kl
 from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_channels_last, load_pretrained,
                      to_channels_last)
-from .presets import NOTEBOOK_FIELDS, Preset, get_preset
+from .presets import NOTEBOOK_FIELDS, Preset, as_preset
 from .pretrained import KIND as ENCODER_KIND, load_encoder_file
 from .runtime import announce_eta, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
 from .training import TrainState, augmentation_stream, run_epoch
@@ -277,7 +277,7 @@ def finetune(encoder, scheme: str, preset: str | Preset = "quick", *, data=None,
     scheme = str(scheme).lower()
     if scheme not in SCHEMES:
         raise ValueError(f"unknown finetuning scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    p = get_preset(preset, **overrides)
+    p = as_preset(preset, overrides)
     dev = distributed.setup(resolve_device(device))
     enc, info = resolve_encoder(encoder, route)
     bad = [k for k, v in enc.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -584,7 +584,7 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
     """``out_dir/model.pt`` if it was finetuned with this configuration (scheme, preset, the same encoder
     weights, dataset, size), else :func:`finetune` into ``out_dir`` (notebooks: load if cached, else train).
     A stored model of another configuration is moved to ``out_dir/superseded/<time>/``, not deleted."""
-    p = get_preset(preset, **overrides)
+    p = as_preset(preset, overrides)
     path = Path(out_dir) / CHECKPOINT_NAME
     if path.exists():
         try:

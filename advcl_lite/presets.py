@@ -181,6 +181,12 @@ def get_preset(name: str | Preset = "smoke", **overrides: Any) -> Preset:
     return apply_overrides(base, overrides)
 
 
+def as_preset(preset: "str | Preset", overrides: dict[str, Any] | None = None) -> Preset:
+    """The preset a library function was given: a :class:`Preset` as it is, a name (or a Preset with
+    ``overrides``) through :func:`get_preset` and its checks."""
+    return preset if isinstance(preset, Preset) and not overrides else get_preset(preset, **(overrides or {}))
+
+
 _CHOICES = {"attack_mode": ("train", "eval"), "amp": ("none", "bf16", "fp16"), "acl_optimizer": ("lars", "sgd"),
             "acl_head": ("acl", "advcl")}
 

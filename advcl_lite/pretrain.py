@@ -46,7 +46,7 @@ from .losses import NonFiniteLossError
 from .methods import VIEWS, make_step, method_class
 from .models import ContrastiveNet, load_pretrained, to_channels_last
 from .optim import lr_factor   # noqa: F401  (re-exported: the tests and notebooks read it here)
-from .presets import Preset, get_preset
+from .presets import Preset, as_preset
 from .pseudo_labels import PseudoLabels, get_or_make_pseudo_labels
 from .runtime import announce_eta, progress_bar, progress_enabled, resolve_device, seed_everything
 from .training import TrainState, augmentation_stream, run_epoch
@@ -207,7 +207,7 @@ def plan_run(method: str, preset: str | Preset = "smoke", data=None, view: str =
     method_class(method)
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
-    p = get_preset(preset, **overrides)
+    p = as_preset(preset, overrides)
     ds = pretrain_dataset(p, data)
     if pseudo_labels is None or (isinstance(pseudo_labels, str) and pseudo_labels == "auto"):
         return RunSpec(method, p, ds, view, radius, needs_labels=method_class(method).takes_pseudo_labels)
