@@ -56,7 +56,8 @@ class Preset:
     # Enhancing_ACL_via_AIR AIR.py): see advcl_lite.methods.DynACL
     dynacl_stages: int = 20           # augmentation-strength stages per run: the original re-sets it every 50 of 1000 epochs
     dynacl_swap: float = 2 / 3        # how far the loss weight moves from the clean to the adversarial term
-    dynacl_momentum: float = 0.99     # DynACL's momentum encoder for the second view (0: one network, as AIR's DynACL)
+    dynacl_momentum: float = 0.99     # DynACL's momentum encoder for the second view (0: one network, as AIR's DynACL);
+                                      # off at the CPU presets: README's differences table
     air: bool = False                 # AIR's two regularisers on ACL / DynACL (the loss then sums, as AIR's code)
     air_lambda1: float = 0.5          # AIR's standard-invariance (SIR) term
     air_lambda2: float = 0.5          # AIR's adversarial-invariance term
@@ -115,7 +116,7 @@ PRESETS: dict[str, Preset] = {
         train_subset=256, base_width=8, batch_size=64, epochs=1, lr=0.0625, acl_lr=0.625, warmup_epochs=0.0, advcl_lr_per_epoch=False,
         ft_epochs=1, ft_batch_size=128, aff_batch_size=64, ft_subset=256, eval_n=64, aa_n=8,
         shows_results=False, nb_schemes=("slf", "alf", "aff"), nb_curve_n=16, spectra_n=32, spectra_steps=2, heat_n=8,
-        heat_stride=8, band_n=32, band_eps=(8,), band_steps=2, explore_n=8, explore_steps=2,
+        heat_stride=8, band_n=32, band_eps=(8,), band_steps=2, explore_n=8, explore_steps=2, dynacl_momentum=0.0,
     ),
     "quick": Preset(
         name="quick",
@@ -125,6 +126,7 @@ PRESETS: dict[str, Preset] = {
         advcl_lr_per_epoch=False,
         ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=1000, aa_n=0,
         nb_curve_n=100, nb_transfer_n=300,     # cut to fit the quick tour in about 10 minutes (BENCHMARKS.md)
+        dynacl_momentum=0.0,
     ),
     "benchmark": Preset(
         name="benchmark",
@@ -133,6 +135,8 @@ PRESETS: dict[str, Preset] = {
         ft_epochs=5, ft_lr=0.1, ft_batch_size=128, ft_subset=5000, eval_n=2000, aa_n=0,
         nb_schemes=("slf", "alf"), spectra_n=1000, heat_n=100, heat_stride=1, band_n=250, band_eps=(2, 4, 8),
         band_steps=10, explore_n=32, explore_steps=10,
+        # a copy following at 0.99 per step keeps 0.99^95 = 38 % of its random start after this preset's 95 steps
+        dynacl_momentum=0.0,
     ),
     "paper": Preset(
         name="paper",

@@ -85,9 +85,10 @@ ARMS = {"acl": ("acl", "hfc", "ACL"), "advcl-nopl": ("advcl", "hfc", "AdvCL with
 # study 3: the encoders pretrained on classes 0-4
 TRANSFER = {"simclr": "SimCLR", "acl": "ACL", "advcl": "AdvCL", "random": "Random init"}
 # issue 32: (method, preset overrides, name)
-LATER = {"dynacl": ("dynacl", {}, "DynACL"),
+LATER = {"dynacl": ("dynacl", {}, "DynACL"),     # the preset's momentum: off at benchmark (README)
          "dynacl-air": ("dynacl", {"air": True, "dynacl_momentum": 0.0}, "DynACL-AIR"),
-         "acl": ("acl", {}, "ACL"), "advcl": ("advcl", {}, "AdvCL")}
+         "acl": ("acl", {}, "ACL"), "advcl": ("advcl", {}, "AdvCL"),
+         "dynacl-momentum": ("dynacl", {"dynacl_momentum": 0.99}, "DynACL, momentum copy 0.99 per step (exported)")}
 
 
 def nmi(a, b) -> float:

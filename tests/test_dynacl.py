@@ -109,11 +109,16 @@ def test_acl_with_air_sums_its_terms_and_without_it_is_unchanged(sample):
 
 def test_a_momentum_setting_that_does_not_match_the_network_is_refused():
     with pytest.raises(ValueError, match="momentum_copy=True"):
-        make_step("dynacl", build_net("dynacl", 4, (), "acl"), get_preset("smoke"))
+        make_step("dynacl", build_net("dynacl", 4, (), "acl"), get_preset("smoke", dynacl_momentum=0.99))
+
+
+def test_the_momentum_copy_is_the_released_default_at_paper_scale_and_off_at_the_cpu_presets():
+    assert get_preset("paper").dynacl_momentum == 0.99
+    assert all(get_preset(n).dynacl_momentum == 0.0 for n in ("smoke", "quick", "benchmark"))
 
 
 def test_a_dynacl_run_resumes_to_the_same_weights_and_exports_the_momentum_copy(sample, tmp_path):
-    kw = dict(data=sample, device="cpu", progress=False, epochs=2, **TINY)
+    kw = dict(data=sample, device="cpu", progress=False, epochs=2, dynacl_momentum=0.99, **TINY)
     full = pt.pretrain("dynacl", "smoke", out_dir=tmp_path / "full", **kw)
     part = pt.pretrain("dynacl", "smoke", out_dir=tmp_path / "part", max_epochs=1, **kw)
     assert len(part.history) == 1
@@ -129,7 +134,7 @@ def test_a_dynacl_run_resumes_to_the_same_weights_and_exports_the_momentum_copy(
     assert torch.equal(enc.conv1.weight, net.key.backbone.conv1.weight)
     assert not torch.equal(enc.conv1.weight, net.backbone.conv1.weight)
     assert enc.input_norm == tuple(list(v) for v in IMAGENET_NORM)
-    air = pt.pretrain("dynacl", "smoke", out_dir=tmp_path / "air", air=True, dynacl_momentum=0.0, max_epochs=1, **kw)
+    air = pt.pretrain("dynacl", "smoke", out_dir=tmp_path / "air", air=True, max_epochs=1, **{**kw, "dynacl_momentum": 0.0})
     assert pt.run_name("dynacl", air=True) == "dynacl-air" and air.meta["config"]["training"]["air"] is True
     assert "loss_sir" in air.history[0] and not hasattr(air.net, "key")
 
