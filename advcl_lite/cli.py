@@ -21,7 +21,7 @@ from . import distributed
 from .checkpoint import CheckpointError, check_writable, load_checkpoint, write_json
 from .data import DataError, load_dataset
 from .evaluate import evaluate
-from .methods import METHODS
+from .methods import METHODS, method_class
 from .finetune import CHECKPOINT_NAME, SELECTION_RULE, check_classes, check_image_size, finetune, load_finetuned, load_split
 from .presets import PRESETS, check_count, get_preset
 from .pretrain import pretrain, pretrain_dataset, run_name
@@ -121,6 +121,8 @@ def _run_commands(sub) -> None:
     p.add_argument("--scheme", required=True, choices=["slf", "alf", "aff"])
     p.add_argument("--out", default=None, help="folder for the finetuned model and its metrics")
     p.add_argument("--overwrite", action="store_true", help="replace a finetuned model already in --out")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over instead of continuing an interrupted run from out/resume.pt")
 
     p = sub.add_parser("evaluate", help="clean and robust accuracy of a finetuned model")
     _preset_args(p)
@@ -252,14 +254,15 @@ def cli_pretrain(args) -> int:
     data = _train_data(p, args)
     if args.no_pseudo_labels and args.pseudo_labels:
         raise ValueError("--pseudo-labels FILE and --no-pseudo-labels contradict each other; give one of them")
-    if args.method != "advcl" and (args.no_pseudo_labels or args.pseudo_labels):
+    takes_labels = method_class(args.method).takes_pseudo_labels
+    if not takes_labels and (args.no_pseudo_labels or args.pseudo_labels):
         raise ValueError(f"--pseudo-labels / --no-pseudo-labels are AdvCL options; --method {args.method} has none")
     pseudo = False if args.no_pseudo_labels else (args.pseudo_labels or "auto")
     work = Path("runs") / p.name
-    out = args.out or str(work / "pretrain" / run_name(args.method, args.view, pseudo is not False, args.radius))
+    out = args.out or str(work / "pretrain" / run_name(args.method, args.view, pseudo is not False, args.radius, p.air))
     # AdvCL's own pseudo-labels: from the SimCLR run of runs/<preset> (default layout) or inside --out
     labels_dir = None if args.out else work
-    if args.method == "advcl" and pseudo == "auto":
+    if takes_labels and pseudo == "auto":
         where = labels_dir or Path(out) / "pseudo-labels"
         print(f"AdvCL pseudo-labels: k-means on a SimCLR run in {where} (made if absent; "
               f"--pseudo-labels FILE to use others, --no-pseudo-labels for the ablation)", flush=True)
@@ -343,7 +346,7 @@ def cli_finetune(args) -> int:
     if (out / CHECKPOINT_NAME).exists() and not args.overwrite:
         raise ValueError(f"{out / CHECKPOINT_NAME} already exists; pass --overwrite to replace it, or --out another folder")
     res = finetune(enc, args.scheme, p, data=p.data, out_dir=out, device=args.device,
-                   progress=_progress(args), image_size=args.image_size)
+                   progress=_progress(args), image_size=args.image_size, resume=args.resume)
     metrics = {"checkpoint": str(res.checkpoint), "scheme": res.meta["scheme"], "preset": p.name,
                "encoder": res.meta["encoder"]["path"], "encoder_method": res.meta["encoder"]["method"],
                "route": res.meta["encoder"]["route"], "dataset": res.meta["dataset"], "train": res.meta["train"],

@@ -69,6 +69,8 @@ def _load_encoder(encoder, device: torch.device) -> tuple[nn.Module, dict[str, A
 def _feature_fn(module: nn.Module, route: str | None):
     """The function images -> features for ``module`` (pooled backbone features for advcl_lite encoders)."""
     if isinstance(module, ContrastiveNet):
+        key = getattr(module, "key", None)
+        module = key if key is not None else module     # DynACL: the momentum copy is the encoder it releases
         r = route or "normal"
         if r not in module.routes:
             raise ValueError(f"route {r!r} is not one of this encoder's BN routes {module.routes}")

@@ -255,7 +255,10 @@ def _score(scheme: str, m: dict[str, Any]) -> tuple:
 
 
 def _config(scheme: str, p: Preset, info: dict[str, Any], ds: ImageDataset, image_size) -> dict[str, Any]:
-    preset = {k: v for k, v in p.to_dict().items() if k not in NOTEBOOK_FIELDS}   # what can change the model
+    # the preset as it was before these fields existed, so that models finetuned then are still found: the
+    # notebooks' budgets and the later pretraining-only fields are left out, the SLF switch only when on
+    skip = NOTEBOOK_FIELDS + _PRETRAINING_ONLY + (() if p.slf_cached_features else ("slf_cached_features",))
+    preset = {k: v for k, v in p.to_dict().items() if k not in skip}
     return json.loads(json.dumps({"scheme": scheme, "preset": preset, "encoder_sha256": info["sha256"],
                                   "route": info["route"], "dataset": ds.id, "data_fingerprint": ds.fingerprint,
                                   "image_size": ds.image_size, "resize": image_size}))
@@ -409,6 +412,8 @@ def cached_features(encoder: nn.Module, train: ImageDataset, info: dict, out_dir
 
 
 SCHEME_CLASSES = {c.name: c for c in (SLF, ALF, AFF)}
+# preset fields added after finetuned models were first cached that only pretraining reads
+_PRETRAINING_ONLY = ("dynacl_stages", "dynacl_swap", "dynacl_momentum", "air", "air_lambda1", "air_lambda2")
 RESUME_NAME = "resume.pt"      # an interrupted finetuning run's state, removed once model.pt is written
 
 
@@ -524,10 +529,14 @@ def _save_progress(state: TrainState, best: dict, path: Path, config: dict) -> N
 
 def _resume_finetune(state: TrainState, best: dict, path: Path, config: dict) -> dict:
     """Put ``state`` where an interrupted run stopped (``path``, written for this configuration)."""
-    ck = load_checkpoint(path, kind="finetune-progress", map_location=state.device)
+    try:
+        ck = load_checkpoint(path, kind="finetune-progress", map_location=state.device)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. To start this run over instead of resuming it, pass resume=False "
+                              f"(CLI: --no-resume)") from None
     if ck["meta"].get("config") != config:
         raise CheckpointError(f"{path} holds an interrupted finetuning run of another configuration (scheme, preset, "
-                              f"encoder or data); use another out_dir, or resume=False to start over")
+                              f"encoder or data); use another out_dir, or resume=False (CLI: --no-resume) to start over")
     load_weights(state.net, ck["state_dict"], str(path))
     state.load_state_dict(ck)
     m = ck["meta"]
@@ -600,5 +609,17 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
         if distributed.is_main():
             set_aside(path.parent, (path, path.parent / "history.json"))    # kept, never deleted
         distributed.barrier()
+    progress_file = Path(out_dir) / RESUME_NAME       # an interrupted run of another configuration: kept aside too
+    if progress_file.exists() and distributed.is_main():
+        try:
+            _, info = resolve_encoder(encoder, route)
+            ds = load_split(data if data is not None else p.data, "train", image_size)
+            same = load_checkpoint(progress_file, kind="finetune-progress")["meta"].get("config") == \
+                _config(str(scheme).lower(), p, info, ds, image_size)
+        except CheckpointError:
+            same = False
+        if not same:
+            set_aside(progress_file.parent, (progress_file,))
+    distributed.barrier()
     return finetune(encoder, scheme, p, data=data, out_dir=out_dir, device=device, progress=progress,
                     image_size=image_size, route=route)

@@ -208,6 +208,8 @@ def plan_run(method: str, preset: str | Preset = "smoke", data=None, view: str =
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
     p = as_preset(preset, overrides)
+    if p.air and not method_class(method).takes_air:
+        raise ValueError(f"air=true adds AIR's regularisers to acl or dynacl, not to {method}; drop --set air=true")
     ds = pretrain_dataset(p, data)
     if pseudo_labels is None or (isinstance(pseudo_labels, str) and pseudo_labels == "auto"):
         return RunSpec(method, p, ds, view, radius, needs_labels=method_class(method).takes_pseudo_labels)
@@ -386,6 +388,8 @@ def _training_state(method: str, preset: Preset, ds: ImageDataset, pl, device, s
     world = distributed.world_size()
     if world > 1 and sync_bn:
         net = distributed.convert_sync_batchnorm(net)
+        if getattr(net, "key", None) is not None:   # the conversion's new BN parameters take gradients: the copy
+            net.key.requires_grad_(False)             # takes none (DDP would wait for them at the second step)
     opt = cls.make_optimizer(net, preset)
     bs = min(preset.batch_size, len(ds))
     aug = augmentation_stream(preset.seed, gen)    # under torchrun: each rank its own views and attack starts

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, tensor_bytes
 from .clustering import _load_encoder, encoder_sha256, extract_features, kmeans, valid_ks
 from .data import DataError, ImageDataset
+from .methods import METHOD_CLASSES
 from .presets import PRESETS
 from .runtime import __version__, resolve_device
 
@@ -316,7 +317,7 @@ def make_pseudo_labels(encoder, dataset, ks: Sequence[int] = DEFAULT_KS, seed: i
         raise ValueError(f"no usable K in {tuple(ks)} for a dataset of {n} images (K must be in [2, {n // 2}])")
     dev = resolve_device(device)
     net, info = _load_encoder(encoder, dev)
-    if info.get("encoder_method") in ("acl", "advcl", "dynacl"):
+    if info.get("encoder_method") in METHOD_CLASSES and METHOD_CLASSES[info["encoder_method"]].attacks:
         warnings.warn(f"the encoder is an adversarially trained {info['encoder_method']} run; AdvCL's pseudo-labels "
                       f"come from a standard (SimCLR) encoder", UserWarning, stacklevel=2)
     t0 = time.perf_counter()

@@ -158,3 +158,28 @@ def test_the_per_epoch_cosine_warms_up_as_released_and_never_exceeds_the_base_lr
     # the CPU presets' warm-up (1 % of a 5-epoch run) is shorter than an epoch: no factor above 1
     f = [per_epoch_cosine(e, 5, 0.05, 1e-6) for e in range(5)]
     assert max(f) <= 1.0 and f == sorted(f, reverse=True)
+
+
+def test_under_torchrun_with_syncbn_the_momentum_copy_still_takes_no_gradient(sample, monkeypatch):
+    """convert_sync_batchnorm builds new BN parameters that take gradients; the copy's must not (DDP, with
+    find_unused_parameters off, would wait for them at the second step)."""
+    from advcl_lite import distributed
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    P = get_preset("smoke", dynacl_momentum=0.99, **TINY)
+    state, _ = pt._training_state("dynacl", P, pt.pretrain_dataset(P, sample), None, torch.device("cpu"), True)
+    key = state.net.key
+    assert any(type(m).__name__ == "SyncedBatchNorm" for m in key.modules())
+    assert not any(p.requires_grad for p in key.parameters())
+    assert any(p.requires_grad for n, p in state.net.named_parameters() if not n.startswith("key."))
+
+
+def test_air_is_refused_where_it_does_not_apply_and_names_the_cli_folder(sample, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="acl or dynacl, not to advcl"):
+        pt.plan_run("advcl", get_preset("smoke", air=True), sample, pseudo_labels=False)
+    from advcl_lite.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--method", "dynacl", "--preset", "smoke", "--set", "air=true", "--set", "epochs=1",
+                 "--set", "train_subset=32", "--set", "batch_size=16", "--set", "base_width=4", "--set", "pgd_steps=1",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert (tmp_path / "runs" / "smoke" / "pretrain" / "dynacl-air" / "final.pt").exists()   # as get_or_train names it

@@ -306,6 +306,10 @@ def test_an_interrupted_finetuning_run_resumes_to_the_same_model(advcl_ckpt, P, 
             finetune(advcl_ckpt, "aff", Q, out_dir=tmp_path / "cut2", **kw)
         monkeypatch.setattr(ftm, "_val_metrics", real)
         finetune(advcl_ckpt, "aff", Q.replace(trades_beta=3.0), out_dir=tmp_path / "cut2", **kw)
+    # get_or_finetune (the notebooks' path) keeps that interrupted run aside and trains the one asked for
+    res = get_or_finetune(advcl_ckpt, "aff", Q.replace(trades_beta=3.0, ft_epochs=1), tmp_path / "cut2", **kw)
+    assert res.meta["config"]["preset"]["trades_beta"] == 3.0 and not (tmp_path / "cut2" / ftm.RESUME_NAME).exists()
+    assert list((tmp_path / "cut2" / "superseded").glob(f"*/{ftm.RESUME_NAME}"))
 
 
 def test_slf_on_cached_features_trains_the_head_on_features_computed_once(advcl_ckpt, P, tmp_path, monkeypatch):
