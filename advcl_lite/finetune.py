@@ -70,7 +70,7 @@ from .models import (Classifier, ContrastiveNet, ResNet18, export_encoder, is_ch
 from .presets import NOTEBOOK_FIELDS, Preset, as_preset
 from .pretrained import KIND as ENCODER_KIND, load_encoder_file
 from .runtime import announce_eta, progress_bar, progress_enabled, resolve_device, seed_everything, unwrap
-from .training import TrainState, augmentation_stream, run_epoch
+from .training import EpochBatches, TrainState, augmentation_stream, run_epoch
 from .views import crop_flip
 
 SCHEMES = ("slf", "alf", "aff")     # the classes are below (SCHEME_CLASSES)
@@ -476,16 +476,6 @@ def _finetune(enc, info, scheme, p, ds, train, val, data, out_dir, dev, progress
     return FinetuneResult(model, ckpt, state.history, best["epoch"], best["val"], meta["seconds"], meta)
 
 
-class _Batches:
-    def __init__(self, train: ImageDataset, bs: int, gen: torch.Generator, device, part):
-        self.train, self.bs, self.gen, self.device, self.part = train, bs, gen, device, part
-        self.steps = train.num_batches(bs, drop_last=True)
-
-    def __call__(self):
-        return self.train.batches(self.bs, shuffle=True, generator=self.gen, device=self.device, drop_last=True,
-                                  part=self.part)
-
-
 def _finetune_state(enc, scheme: str, p: Preset, ds: ImageDataset, train: ImageDataset, dev):
     """The classifier, optimiser (SGD), lr milestones and random streams of a fresh finetuning run, its
     scheme's step and its batches."""
@@ -507,7 +497,7 @@ def _finetune_state(enc, scheme: str, p: Preset, ds: ImageDataset, train: ImageD
     scaler = torch.amp.GradScaler(dev.type, enabled=(p.amp == "fp16"))
     state = TrainState(model, opt, sched, scaler, gen, aug_gen, dev)
     step = cls(model, distributed.wrap(model, dev), p, aug_gen)   # attacks run on the module, never through DDP
-    return state, step, _Batches(train, bs, gen, dev, distributed.shard(bs) if world > 1 else None)
+    return state, step, EpochBatches(train, bs, gen, dev, distributed.shard(bs) if world > 1 else None)
 
 
 def _nonfinite(scheme: str, p: Preset, loss: torch.Tensor, epoch: int) -> NonFiniteLossError:

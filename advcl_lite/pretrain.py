@@ -49,7 +49,7 @@ from .optim import lr_factor   # noqa: F401  (re-exported: the tests and noteboo
 from .presets import Preset, as_preset
 from .pseudo_labels import PseudoLabels, get_or_make_pseudo_labels
 from .runtime import announce_eta, progress_bar, progress_enabled, resolve_device, seed_everything
-from .training import TrainState, augmentation_stream, run_epoch
+from .training import EpochBatches, TrainState, augmentation_stream, run_epoch
 
 
 @dataclass
@@ -366,18 +366,6 @@ def _train(spec: RunSpec, out_dir: Path, resume: bool, device, progress, recompu
                               {**meta_base, "epoch": state.epoch}, seconds=time.perf_counter() - t_run)
 
 
-class _Batches:
-    """The epochs' batches of a run: ``batches()`` draws one epoch's from the state's generator."""
-
-    def __init__(self, ds: ImageDataset, bs: int, gen: torch.Generator, device, part):
-        self.ds, self.bs, self.gen, self.device, self.part = ds, bs, gen, device, part
-        self.steps = ds.num_batches(bs, drop_last=True)
-
-    def __call__(self):
-        return self.ds.batches(self.bs, shuffle=True, generator=self.gen, device=self.device, drop_last=True,
-                               part=self.part)
-
-
 def _training_state(method: str, preset: Preset, ds: ImageDataset, pl, device, sync_bn: bool):
     """A fresh run's :class:`~advcl_lite.training.TrainState` (network, optimiser, per-step schedule, scaler,
     random streams) and its batches."""
@@ -393,7 +381,7 @@ def _training_state(method: str, preset: Preset, ds: ImageDataset, pl, device, s
     opt = cls.make_optimizer(net, preset)
     bs = min(preset.batch_size, len(ds))
     aug = augmentation_stream(preset.seed, gen)    # under torchrun: each rank its own views and attack starts
-    batches = _Batches(ds, bs, gen, device, distributed.shard(bs) if world > 1 else None)
+    batches = EpochBatches(ds, bs, gen, device, distributed.shard(bs) if world > 1 else None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cls.lr_lambda(preset, batches.steps))
     scaler = torch.amp.GradScaler(device.type, enabled=(preset.amp == "fp16"))
     return TrainState(net, opt, sched, scaler, gen, aug, device), batches

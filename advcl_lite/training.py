@@ -39,6 +39,20 @@ def augmentation_stream(seed: int, gen: torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * rank)
 
 
+class EpochBatches:
+    """A run's batches, epoch after epoch: ``batches()`` draws one epoch's, shuffled by ``gen`` (the same order on
+    every rank), the last partial batch dropped, each rank taking ``part`` of every batch under ``torchrun``;
+    ``steps``: batches per epoch."""
+
+    def __init__(self, ds, bs: int, gen: torch.Generator, device, part=None):
+        self.ds, self.bs, self.gen, self.device, self.part = ds, bs, gen, device, part
+        self.steps = ds.num_batches(bs, drop_last=True)
+
+    def __call__(self):
+        return self.ds.batches(self.bs, shuffle=True, generator=self.gen, device=self.device, drop_last=True,
+                               part=self.part)
+
+
 @dataclass
 class TrainState:
     """A run between two epochs (see the module docstring). ``history`` holds one record per finished epoch."""
