@@ -139,7 +139,9 @@ def test_a_dynacl_run_resumes_to_the_same_weights_and_exports_the_momentum_copy(
     assert "loss_sir" in air.history[0] and not hasattr(air.net, "key")
 
 
+@pytest.mark.slow
 def test_notebook_06_smoke_trains_both_methods_and_reads_the_shipped_records(run_nb):
+    """The tour runs this at smoke in CI (.ci/run); here it costs 26 s, so it is a slow test."""
     from advcl_lite.results import shipped_records
     rec = run_nb("06")
     assert set(rec["trained_here"]) == {"DynACL", "DynACL-AIR"}
@@ -183,3 +185,11 @@ def test_air_is_refused_where_it_does_not_apply_and_names_the_cli_folder(sample,
                  "--set", "train_subset=32", "--set", "batch_size=16", "--set", "base_width=4", "--set", "pgd_steps=1",
                  "--no-progress", "--device", "cpu"]) == 0
     assert (tmp_path / "runs" / "smoke" / "pretrain" / "dynacl-air" / "final.pt").exists()   # as get_or_train names it
+
+
+def test_notebook_06_without_training_draws_the_leaderboard_and_the_shipped_records(run_nb):
+    from advcl_lite.results import shipped_records
+    rec = run_nb("06", train_here=False)
+    assert "trained_here" not in rec and rec["shipped_methods_records"] == len(shipped_records("methods")) >= 8
+    spread = rec["leaderboard_spread_points"]
+    assert spread["AFF"] < spread["ALF"] < spread["SLF"]

@@ -237,6 +237,7 @@ def test_notebook_04_smoke(run_nb, tour_dirs):
     assert load_finetuned(work / "finetune" / "random-slf" / "model.pt")[1]["encoder"]["source"] == "ResNet18"
 
 
+@pytest.mark.slow    # 63 s; notebook 04's non-training path runs in the default suite on imported encoders (test_import)
 def test_notebook_04_pretrained_finetunes_the_shipped_set(run_nb, tour_dirs):
     """encoders="pretrained" at smoke size: the five shipped encoders, every scheme, and the headline."""
     from advcl_lite import pretrained

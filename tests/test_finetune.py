@@ -276,32 +276,33 @@ def test_cli_refuses_wrong_kind_and_missing(advcl_ckpt, tmp_path, capsys):
 
 
 def test_an_interrupted_finetuning_run_resumes_to_the_same_model(advcl_ckpt, P, tmp_path, monkeypatch):
-    """AFF (everything trains, BN included) for 3 epochs; a run killed after its second epoch's state was kept
-    continues from resume.pt and ends with the same weights, history and best epoch; resume.pt is then gone."""
-    Q = P.replace(ft_epochs=3)
+    """AFF (everything trains, BN included) for 2 epochs; a run killed in its second epoch, after its first epoch's
+    state was kept, continues from resume.pt and ends with the same weights, history and best epoch; resume.pt is
+    then gone."""
+    Q = P.replace(ft_epochs=2)
     kw = dict(data="sample", device="cpu", progress=False)
     full = finetune(advcl_ckpt, "aff", Q, out_dir=tmp_path / "full", **kw)
     real, calls = ftm._val_metrics, []
 
-    def dies_in_epoch_3(model, val, scheme, p, dev, epoch):
+    def dies_in_epoch_2(model, val, scheme, p, dev, epoch):
         calls.append(epoch)
-        if epoch == 3:
+        if epoch == 2:
             raise KeyboardInterrupt
         return real(model, val, scheme, p, dev, epoch)
-    monkeypatch.setattr(ftm, "_val_metrics", dies_in_epoch_3)
+    monkeypatch.setattr(ftm, "_val_metrics", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         finetune(advcl_ckpt, "aff", Q, out_dir=tmp_path / "cut", **kw)
     assert (tmp_path / "cut" / ftm.RESUME_NAME).exists() and not (tmp_path / "cut" / "model.pt").exists()
     calls.clear()
     monkeypatch.setattr(ftm, "_val_metrics", lambda *a: calls.append(a[-1]) or real(*a))
     resumed = finetune(advcl_ckpt, "aff", Q, out_dir=tmp_path / "cut", **kw)
-    assert calls == [3]                                  # epochs 1 and 2 came from resume.pt
+    assert calls == [2]                                  # epoch 1 came from resume.pt
     assert _same_state(full.model.state_dict(), resumed.model.state_dict())
-    assert resumed.best_epoch == full.best_epoch and len(resumed.history) == 3
+    assert resumed.best_epoch == full.best_epoch and len(resumed.history) == 2
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     assert not (tmp_path / "cut" / ftm.RESUME_NAME).exists()
     with pytest.raises(CheckpointError, match="another configuration"):
-        monkeypatch.setattr(ftm, "_val_metrics", dies_in_epoch_3)
+        monkeypatch.setattr(ftm, "_val_metrics", dies_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):   # interrupted at beta 6, continued at beta 3: refused
             finetune(advcl_ckpt, "aff", Q, out_dir=tmp_path / "cut2", **kw)
         monkeypatch.setattr(ftm, "_val_metrics", real)

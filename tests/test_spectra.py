@@ -177,6 +177,7 @@ def test_notebook_05_smoke(run_nb):
     assert all(v > 0 for v in rec["any_model_margins_median"].values())
 
 
+@pytest.mark.slow    # 23 s; notebook 05 on the shipped encoders also runs in the browser test
 def test_notebook_05_pretrained_analyses_the_shipped_encoders(run_nb):
     rec = run_nb("05", encoders="pretrained")
     assert rec["encoders"] == "pretrained"
