@@ -584,28 +584,31 @@ def get_or_finetune(encoder, scheme: str, preset: str | Preset, out_dir, *, data
     weights, dataset, size), else :func:`finetune` into ``out_dir`` (notebooks: load if cached, else train).
     A stored model of another configuration is moved to ``out_dir/superseded/<time>/``, not deleted."""
     p = as_preset(preset, overrides)
-    path = Path(out_dir) / CHECKPOINT_NAME
-    if path.exists():
+    path, progress_file = Path(out_dir) / CHECKPOINT_NAME, Path(out_dir) / RESUME_NAME
+    info, want = None, None
+    if path.exists() or progress_file.exists():     # the configuration asked for, computed once for both files
         try:
             _, info = resolve_encoder(encoder, route)
             ds = load_split(data if data is not None else p.data, "train", image_size)
             want = _config(str(scheme).lower(), p, info, ds, image_size)
-            model, meta = load_finetuned(path, device, encoder=None if info["class"] == "ResNet18" else encoder)
-            if meta.get("config") == want:
-                return FinetuneResult(model, path, meta["history"], int(meta["best_epoch"]), meta["val_metrics"],
-                                      float(meta["seconds"]), meta, cached=True)
+        except CheckpointError:
+            pass
+    if path.exists():
+        try:
+            if want is not None:
+                model, meta = load_finetuned(path, device, encoder=None if info["class"] == "ResNet18" else encoder)
+                if meta.get("config") == want:
+                    return FinetuneResult(model, path, meta["history"], int(meta["best_epoch"]), meta["val_metrics"],
+                                          float(meta["seconds"]), meta, cached=True)
         except CheckpointError:
             pass
         if distributed.is_main():
             set_aside(path.parent, (path, path.parent / "history.json"))    # kept, never deleted
         distributed.barrier()
-    progress_file = Path(out_dir) / RESUME_NAME       # an interrupted run of another configuration: kept aside too
-    if progress_file.exists() and distributed.is_main():
+    if progress_file.exists() and distributed.is_main():   # an interrupted run of another configuration: aside too
         try:
-            _, info = resolve_encoder(encoder, route)
-            ds = load_split(data if data is not None else p.data, "train", image_size)
-            same = load_checkpoint(progress_file, kind="finetune-progress")["meta"].get("config") == \
-                _config(str(scheme).lower(), p, info, ds, image_size)
+            same = want is not None and \
+                load_checkpoint(progress_file, kind="finetune-progress")["meta"].get("config") == want
         except CheckpointError:
             same = False
         if not same:
